@@ -1,0 +1,416 @@
+r"""Operator base classes.
+
+An operator is a small object fixed at construction (mask, coil maps, angles) and never
+mutated by a call. Linear operators expose
+
+* ``A(x)``: the forward model,
+* ``AT(y)``: the adjoint (conjugate transpose), so that
+  :math:`\operatorname{Re}\langle A x, y\rangle = \operatorname{Re}\langle x, A^T y\rangle`,
+* ``normal(x)``: :math:`A^T A x`, in closed form where one exists,
+* ``pinv(y)``: the minimum-norm least-squares solution (closed form or conjugate gradient).
+
+Operators compose with ``@`` (the adjoint of a composition reverses its parts), add, subtract
+and scale by scalars. Tensors are batch-first, ``(B, C, H, W)``; buffers follow the device and
+precision of the input, so an operator built on the CPU in float32 applies to a float64 or a
+CUDA tensor without being rebuilt (``op.to(device, dtype)`` moves the buffers once instead).
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+_COMPLEX_OF = {
+    torch.float16: torch.complex32,
+    torch.float32: torch.complex64,
+    torch.float64: torch.complex128,
+}
+_REAL_OF = {c: r for r, c in _COMPLEX_OF.items()}
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype with the precision of ``dtype`` (complex dtypes map to themselves)."""
+    return dtype if dtype.is_complex else _COMPLEX_OF[dtype]
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype with the precision of ``dtype`` (real dtypes map to themselves)."""
+    return _REAL_OF[dtype] if dtype.is_complex else dtype
+
+
+def cast_like(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` on ``like``'s device at ``like``'s precision; real stays real, complex stays complex.
+
+    Integer and boolean tensors only change device. A no-op (no copy) when nothing changes.
+    """
+    if t.is_complex():
+        dtype = complex_dtype(like.dtype) if like.is_floating_point() or like.is_complex() else t.dtype
+    elif t.is_floating_point():
+        dtype = real_dtype(like.dtype) if like.is_floating_point() or like.is_complex() else t.dtype
+    else:
+        dtype = t.dtype
+    return t.to(device=like.device, dtype=dtype)
+
+
+def check_tensor(
+    x: Tensor,
+    name: str,
+    *,
+    ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
+    complex_: bool | None = None,
+) -> None:
+    """Raise a ``ValueError`` naming ``name`` when ``x`` is not the expected kind of tensor.
+
+    Args:
+        x: the tensor to check.
+        name: the argument name used in the message.
+        ndim: the required number of dimensions.
+        shape: the required trailing shape; ``None`` entries match any size.
+        complex_: ``True`` requires a complex dtype, ``False`` a real floating dtype.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
+    if shape is not None:
+        tail = tuple(x.shape[x.ndim - len(shape) :]) if x.ndim >= len(shape) else tuple(x.shape)
+        if len(tail) != len(shape) or any(s is not None and s != t for s, t in zip(shape, tail)):
+            want = "(..., " + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
+    if complex_ is True and not x.is_complex():
+        raise ValueError(f"{name}: expected a complex tensor, got dtype {x.dtype}")
+    if complex_ is False and not x.is_floating_point():
+        raise ValueError(f"{name}: expected a real floating-point tensor, got dtype {x.dtype}")
+
+
+def _move(value, device, dtype):
+    if isinstance(value, Tensor):
+        if dtype is None or not (value.is_floating_point() or value.is_complex()):
+            return value.to(device=device)
+        target = complex_dtype(dtype) if value.is_complex() else real_dtype(dtype)
+        return value.to(device=device, dtype=target)
+    if isinstance(value, Operator):
+        return value.to(device=device, dtype=dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_move(v, device, dtype) for v in value)
+    return value
+
+
+class Operator:
+    """A forward model ``y = A(x)``, linear or not. Subclasses implement :meth:`A`."""
+
+    def A(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.A(x)
+
+    def __matmul__(self, other: Operator) -> Operator:
+        if not isinstance(other, Operator):
+            return NotImplemented
+        if isinstance(self, LinearOperator) and isinstance(other, LinearOperator):
+            return LinearComposition(self, other)
+        return Composition(self, other)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Operator:
+        """A copy whose tensors live on ``device`` at the precision of ``dtype``.
+
+        Real buffers take the real dtype of that precision and complex buffers the complex one.
+        """
+        new = copy.copy(self)
+        for key, value in vars(self).items():
+            setattr(new, key, _move(value, device, dtype))
+        return new
+
+
+class Composition(Operator):
+    """``(f @ g)(x) = f(g(x))`` for operators that may be nonlinear; differentiable by autograd."""
+
+    def __init__(self, *ops: Operator):
+        self.ops = tuple(_flatten(ops, type(self)))
+
+    def A(self, x: Tensor) -> Tensor:
+        for op in reversed(self.ops):
+            x = op.A(x)
+        return x
+
+    def __repr__(self) -> str:
+        return " @ ".join(repr(op) for op in self.ops)
+
+
+def _flatten(ops: Sequence[Operator], cls: type) -> list[Operator]:
+    flat = []
+    for op in ops:
+        flat.extend(op.ops if isinstance(op, cls) else [op])
+    return flat
+
+
+class LinearOperator(Operator):
+    """A linear forward model with its adjoint. Subclasses implement :meth:`A` and :meth:`AT`."""
+
+    def AT(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def normal(self, x: Tensor) -> Tensor:
+        """:math:`A^T A x`."""
+        return self.AT(self.A(x))
+
+    def pinv(self, y: Tensor, *, max_iter: int = 100, tol: float = 1e-6) -> Tensor:
+        r"""Minimum-norm least-squares solution :math:`\arg\min_x \|A x - y\|`.
+
+        The default runs conjugate gradient on the normal equations from zero, which converges
+        to the minimum-norm solution; operators with a closed form override it.
+        """
+        from operators.cg import conjugate_gradient
+
+        x, _ = conjugate_gradient(self.normal, self.AT(y), max_iter=max_iter, tol=tol)
+        return x
+
+    @property
+    def adjoint(self) -> LinearOperator:
+        """The adjoint as an operator: ``op.adjoint.A == op.AT``."""
+        return Adjoint(self)
+
+    def __add__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return Sum(self, other)
+
+    def __sub__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return Sum(self, Scaled(other, -1.0))
+
+    def __neg__(self) -> LinearOperator:
+        return Scaled(self, -1.0)
+
+    def __mul__(self, scalar: numbers.Number) -> LinearOperator:
+        if not isinstance(scalar, numbers.Number):
+            return NotImplemented
+        return Scaled(self, scalar)
+
+    __rmul__ = __mul__
+
+
+class LinearComposition(LinearOperator, Composition):
+    """``(A1 @ A2)``: applies ``A2`` then ``A1``; the adjoint applies ``A1^T`` then ``A2^T``."""
+
+    def AT(self, y: Tensor) -> Tensor:
+        for op in self.ops:
+            y = op.AT(y)
+        return y
+
+    def normal(self, x: Tensor) -> Tensor:
+        # The outermost operator's own normal (often closed form) sits in the middle.
+        outer, inner = self.ops[0], self.ops[1:]
+        for op in reversed(inner):
+            x = op.A(x)
+        x = outer.normal(x)
+        for op in inner:
+            x = op.AT(x)
+        return x
+
+
+class Sum(LinearOperator):
+    """``A1 + A2 + ...``: all terms take the same input and give outputs of the same shape."""
+
+    def __init__(self, *ops: LinearOperator):
+        self.ops = tuple(_flatten(ops, Sum))
+
+    def A(self, x: Tensor) -> Tensor:
+        return sum(op.A(x) for op in self.ops)
+
+    def AT(self, y: Tensor) -> Tensor:
+        return sum(op.AT(y) for op in self.ops)
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(op) for op in self.ops)
+
+
+class Scaled(LinearOperator):
+    """``c * A`` for a real or complex scalar ``c``; the adjoint is ``A^T(conj(c) y)``.
+
+    Scaling on the output side keeps the adjoint right for operators that are only linear over
+    the reals (such as :class:`RealToComplex`).
+    """
+
+    def __init__(self, op: LinearOperator, scalar: numbers.Number):
+        self.op = op
+        self.scalar = scalar
+
+    def A(self, x: Tensor) -> Tensor:
+        return self.scalar * self.op.A(x)
+
+    def AT(self, y: Tensor) -> Tensor:
+        return self.op.AT(self.scalar.conjugate() * y)
+
+    def normal(self, x: Tensor) -> Tensor:
+        return abs(self.scalar) ** 2 * self.op.normal(x)
+
+    def __repr__(self) -> str:
+        return f"{self.scalar} * {self.op!r}"
+
+
+class Adjoint(LinearOperator):
+    """The adjoint of a linear operator, as an operator."""
+
+    def __init__(self, op: LinearOperator):
+        self.op = op
+
+    def A(self, x: Tensor) -> Tensor:
+        return self.op.AT(x)
+
+    def AT(self, y: Tensor) -> Tensor:
+        return self.op.A(y)
+
+    @property
+    def adjoint(self) -> LinearOperator:
+        return self.op
+
+    def __repr__(self) -> str:
+        return f"{self.op!r}.adjoint"
+
+
+class Identity(LinearOperator):
+    """The identity."""
+
+    def A(self, x: Tensor) -> Tensor:
+        return x
+
+    def AT(self, y: Tensor) -> Tensor:
+        return y
+
+    def pinv(self, y: Tensor, **kwargs) -> Tensor:
+        return y
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+
+class Multiply(LinearOperator):
+    """Pointwise multiplication by fixed weights (real or complex), broadcast against the input.
+
+    Args:
+        weights: a tensor broadcastable to the input's shape, e.g. ``(H, W)`` or ``(1, C, H, W)``.
+    """
+
+    def __init__(self, weights: Tensor):
+        check_tensor(weights, "weights")
+        self.weights = weights
+
+    def A(self, x: Tensor) -> Tensor:
+        return cast_like(self.weights, x) * x
+
+    def AT(self, y: Tensor) -> Tensor:
+        return cast_like(self.weights, y).conj() * y
+
+    def normal(self, x: Tensor) -> Tensor:
+        return cast_like(self.weights, x).abs().square() * x
+
+    def pinv(self, y: Tensor, **kwargs) -> Tensor:
+        w = cast_like(self.weights, y)
+        safe = torch.where(w != 0, w, torch.ones_like(w))
+        return torch.where(w != 0, y / safe, torch.zeros_like(y))
+
+    def __repr__(self) -> str:
+        return f"Multiply(shape={tuple(self.weights.shape)})"
+
+
+class RealToComplex(LinearOperator):
+    r"""Embeds a real image with channels as (real, imaginary) pairs into a complex image.
+
+    ``A``: ``(B, 2C, H, W)`` real, channels ``2k, 2k+1`` the real and imaginary parts of channel
+    ``k``, to ``(B, C, H, W)`` complex. It is linear over the reals; its adjoint under the real
+    inner product :math:`\operatorname{Re}\langle\cdot,\cdot\rangle` splits a complex image back
+    into its parts, and :math:`A^T A = I`. Lets a 2-channel real prior drive a complex operator:
+    ``MultiCoilMRI(maps, mask) @ RealToComplex()``.
+    """
+
+    def A(self, x: Tensor) -> Tensor:
+        check_tensor(x, "x", complex_=False)
+        if x.ndim < 2 or x.shape[1] % 2:
+            raise ValueError(
+                f"x: expected (B, 2C, ...) with an even number of channels (real, imaginary pairs), "
+                f"got shape {tuple(x.shape)}"
+            )
+        parts = x.unflatten(1, (x.shape[1] // 2, 2))
+        return torch.complex(parts[:, :, 0], parts[:, :, 1])
+
+    def AT(self, y: Tensor) -> Tensor:
+        check_tensor(y, "y", complex_=True)
+        return torch.stack((y.real, y.imag), dim=2).flatten(1, 2)
+
+    def normal(self, x: Tensor) -> Tensor:
+        return x
+
+    def pinv(self, y: Tensor, **kwargs) -> Tensor:
+        return self.AT(y)
+
+    def __repr__(self) -> str:
+        return "RealToComplex()"
+
+
+def _vdot(a: Tensor, b: Tensor) -> Tensor:
+    """:math:`\\langle a, b\\rangle = \\sum \\bar a b`, accumulated in double precision."""
+    a = a.to(complex_dtype(torch.float64) if a.is_complex() else torch.float64)
+    b = b.to(complex_dtype(torch.float64) if b.is_complex() else torch.float64)
+    return (a.conj() * b).sum() if a.is_complex() else (a * b).sum()
+
+
+def adjointness_error(
+    op: LinearOperator,
+    x: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> float:
+    r"""Relative error of the dot-product test :math:`\langle A u, v\rangle = \langle u, A^T v\rangle`.
+
+    ``u`` and ``v`` are standard normal tensors with the shape and dtype of ``x`` and ``A(x)``.
+    Where either side is real, only real parts are compared (the operator is then linear over
+    the reals). Inner products accumulate in double precision, so the error reflects the
+    operator, not the summation.
+
+    Args:
+        op: the operator.
+        x: an example input, ``(B, C, H, W)``; only its shape, dtype and device are used.
+        generator: the source of randomness for ``u`` and ``v``.
+
+    Returns:
+        :math:`|\langle A u, v\rangle - \langle u, A^T v\rangle| / |\langle A u, v\rangle|`.
+    """
+    y_like = op.A(x)
+    u = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    v = torch.randn(y_like.shape, dtype=y_like.dtype, device=y_like.device, generator=generator)
+    lhs = _vdot(op.A(u), v)
+    rhs = _vdot(u, op.AT(v))
+    if not (u.is_complex() and v.is_complex()):
+        lhs, rhs = lhs.real, rhs.real
+    return float((lhs - rhs).abs() / lhs.abs().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def as_linear_operator(
+    A: Callable[[Tensor], Tensor],
+    AT: Callable[[Tensor], Tensor],
+    name: str = "FunctionOperator",
+) -> LinearOperator:
+    """A linear operator from a pair of functions (forward and adjoint)."""
+    return _FunctionOperator(A, AT, name)
+
+
+class _FunctionOperator(LinearOperator):
+    def __init__(self, A, AT, name):
+        self._A, self._AT, self.name = A, AT, name
+
+    def A(self, x: Tensor) -> Tensor:
+        return self._A(x)
+
+    def AT(self, y: Tensor) -> Tensor:
+        return self._AT(y)
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
