@@ -104,3 +104,12 @@ def test_to_moves_buffers(name):
     op64 = op.to(dtype=torch.float64)
     x64 = x.to(torch.complex128 if x.is_complex() else torch.float64)
     assert _rel(op64.A(x64), op.A(x64)) < 1e-12
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(name):
+    op, x = LINEAR_CASES[name](torch.float64, torch.device("cpu"))
+    cuda = torch.device("cuda")
+    y = op.A(x)
+    torch.testing.assert_close(op.A(x.to(cuda)).cpu(), y)
+    torch.testing.assert_close(op.to(cuda).AT(y.to(cuda)).cpu(), op.AT(y))

@@ -1,7 +1,10 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
+from operators.base import adjointness_error
 from operators.superres import SuperResolution, downsampling_kernel
 
 
@@ -70,3 +73,18 @@ def test_bad_input():
         SuperResolution(3).A(torch.zeros(1, 1, 10, 9))
     with pytest.raises(ValueError, match="x: expected 4 dimensions"):
         SuperResolution(2).A(torch.zeros(4, 4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    factor=st.integers(1, 4),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    kernel=st.sampled_from(["box", "bicubic", "gaussian"]),
+    complex_=st.booleans(),
+)
+def test_adjoint_on_arbitrary_sizes(factor, h, w, kernel, complex_):
+    dtype = torch.complex128 if complex_ else torch.float64
+    x = torch.zeros(2, 1, h * factor, w * factor, dtype=dtype)
+    g = torch.Generator().manual_seed(factor * 100 + h * 10 + w)
+    assert adjointness_error(SuperResolution(factor, kernel), x, generator=g) < 1e-10

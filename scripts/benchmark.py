@@ -1,0 +1,27 @@
+"""Run a benchmark and print its table: ``python scripts/benchmark.py benchmark=operators``."""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from invdiff.benchmarks import BENCHMARKS
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
+def main(cfg: DictConfig) -> None:
+    params = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    name = params.pop("name")
+    if name not in BENCHMARKS:
+        raise ValueError(f"benchmark.name: expected one of {sorted(BENCHMARKS)}, got {name!r}")
+    report = BENCHMARKS[name](**params)
+    print(report)
+    if cfg.output:
+        path = Path(hydra.utils.to_absolute_path(cfg.output))
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(report + "\n")
+        tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
