@@ -16,7 +16,7 @@ from torch import Tensor
 def batch_dot(a: Tensor, b: Tensor) -> Tensor:
     r"""Per-sample real inner product :math:`\operatorname{Re}\sum \bar a b`, shape ``(B,)``."""
     prod = a.conj() * b if a.is_complex() else a * b
-    prod = prod.flatten(1).sum(1)
+    prod = prod.reshape(prod.shape[0], -1).sum(1)
     return prod.real if prod.is_complex() else prod
 
 
