@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,10 +48,30 @@ class PeakMemory:
         self.peak_mib = _status_mib("VmHWM") - self.start
 
 
-def run_isolated(fn: Callable[..., dict], **kwargs) -> dict:
-    """Run ``fn(**kwargs)`` in a fresh interpreter so memory and thread settings don't leak."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, **kwargs).result()
+# glibc hands freed heap memory back to the system once more than twice the largest recent
+# allocation is free at the top of the heap; with buffers of tens of MB that threshold flips from
+# call to call, and a call that finds its pages returned pays for faulting them in again (several
+# ms per 28 MB buffer). Fixed thresholds make every method's timing stable; allocations larger
+# than 32 MiB are still mapped and unmapped per call, as they would be in any program. Memory is
+# measured without them, since a heap that never shrinks hides allocations in reused pages.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
+
+def run_isolated(fn: Callable[..., dict], *, env: dict[str, str] | None = None, **kwargs) -> dict:
+    """Run ``fn(**kwargs)`` in a fresh interpreter with extra environment variables ``env``, so
+    memory, thread settings and allocator state don't leak from one method to the next."""
+    env = env or {}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, **kwargs).result()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:

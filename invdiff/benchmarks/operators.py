@@ -1,9 +1,10 @@
 """Operator speed and memory against deepinv, sigpy and the FFT-only floor.
 
-Each method runs in a fresh process: build the operator, then time ``A`` and ``AT``. Peak
-memory is the resident-memory high-water mark above the level before the operator was built,
-through construction and one ``A`` and one ``AT``: the operator's buffers plus its transient
-work arrays.
+Each method runs twice, each time in a fresh process: once to time ``A`` and ``AT`` (medians
+after a warm-up, with fixed allocator thresholds, see :data:`~invdiff.benchmarks.common.MALLOC_ENV`),
+once for peak memory: the resident-memory high-water mark above the level before the operator
+was built, through construction and one ``A`` and one ``AT``, i.e. the operator's buffers plus
+its transient work arrays.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from invdiff.benchmarks.common import PeakMemory, markdown_table, median_ms, run_isolated
+from invdiff.benchmarks.common import MALLOC_ENV, PeakMemory, markdown_table, median_ms, run_isolated
 
 
 def _measure(build: Callable[[], tuple[Callable, Callable, object]], threads: int, repeats: int) -> dict:
@@ -21,6 +22,8 @@ def _measure(build: Callable[[], tuple[Callable, Callable, object]], threads: in
         A, AT, x = build()
         y = A(x)
         AT(y)
+    if repeats == 0:
+        return {"peak_mib": memory.peak_mib}
     return {
         "A_ms": median_ms(lambda: A(x), repeats=repeats),
         "AT_ms": median_ms(lambda: AT(y), repeats=repeats),
@@ -143,7 +146,8 @@ COLUMNS = [
 def _rows(methods: dict, reference: str, **params) -> list[dict]:
     rows = []
     for name, fn in methods.items():
-        row = {"method": name, **run_isolated(fn, **params)}
+        row = {"method": name, **run_isolated(fn, env=MALLOC_ENV, **params)}
+        row["peak_mib"] = run_isolated(fn, **{**params, "repeats": 0})["peak_mib"]
         row["total_ms"] = row["A_ms"] + row["AT_ms"]
         rows.append(row)
     ref = next(r for r in rows if r["method"] == reference)["total_ms"]
