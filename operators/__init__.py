@@ -8,6 +8,7 @@ from operators.base import (
     Adjoint,
     Composition,
     Identity,
+    Matrix,
     LinearComposition,
     LinearOperator,
     Multiply,

@@ -18,6 +18,7 @@ CUDA tensor without being rebuilt (``op.to(device, dtype)`` moves the buffers on
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from collections.abc import Callable, Sequence
 
@@ -414,3 +415,37 @@ class _FunctionOperator(LinearOperator):
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+
+class Matrix(LinearOperator):
+    """A dense matrix acting on flattened samples: ``y = x.flatten(1) @ M^T``.
+
+    Args:
+        matrix: ``(m, n)``, real or complex.
+        in_shape: the shape of one input sample, ``n`` elements in all (default ``(n,)``).
+
+    Shapes:
+        ``x``: ``(B, *in_shape)``; ``y``: ``(B, m)``.
+    """
+
+    def __init__(self, matrix: Tensor, in_shape: Sequence[int] | None = None):
+        check_tensor(matrix, "matrix", ndim=2)
+        self.matrix = matrix
+        self.in_shape = tuple(in_shape) if in_shape is not None else (matrix.shape[1],)
+        if math.prod(self.in_shape) != matrix.shape[1]:
+            raise ValueError(f"in_shape: expected {matrix.shape[1]} elements, got {self.in_shape}")
+
+    def A(self, x: Tensor) -> Tensor:
+        check_tensor(x, "x", shape=self.in_shape)
+        M = cast_like(self.matrix, x)
+        dtype = torch.promote_types(x.dtype, M.dtype)
+        return x.reshape(x.shape[0], -1).to(dtype) @ M.to(dtype).T
+
+    def AT(self, y: Tensor) -> Tensor:
+        check_tensor(y, "y", ndim=2, shape=(self.matrix.shape[0],))
+        M = cast_like(self.matrix, y)
+        dtype = torch.promote_types(y.dtype, M.dtype)
+        return (y.to(dtype) @ M.to(dtype).conj()).reshape(y.shape[0], *self.in_shape)
+
+    def __repr__(self) -> str:
+        return f"Matrix({tuple(self.matrix.shape)})"

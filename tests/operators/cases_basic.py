@@ -2,7 +2,7 @@
 
 import torch
 
-from operators.base import Identity, Multiply, RealToComplex, complex_dtype
+from operators.base import Identity, Matrix, Multiply, RealToComplex, complex_dtype
 from operators.inpainting import Inpainting, box_mask, freeform_mask, random_pixel_mask
 from operators.interop import from_deepinv, to_deepinv
 from operators.superres import SuperResolution
@@ -25,6 +25,16 @@ def identity(dtype, device):
 def multiply_complex(dtype, device):
     w = torch.randn(1, 3, 7, 5, dtype=complex_dtype(dtype), generator=_gen()).to(device)
     return Multiply(w), _x((2, 3, 7, 5), dtype, device, complex_=True)
+
+
+def matrix_real(dtype, device):
+    M = torch.randn(5, 3 * 7, dtype=dtype, generator=_gen()).to(device)
+    return Matrix(M, (1, 3, 7)), _x((4, 1, 3, 7), dtype, device)
+
+
+def matrix_complex(dtype, device):
+    M = torch.randn(6, 10, dtype=complex_dtype(dtype), generator=_gen()).to(device)
+    return Matrix(M), _x((3, 10), dtype, device, complex_=True)
 
 
 def real_to_complex(dtype, device):
@@ -62,6 +72,8 @@ def deepinv_roundtrip(dtype, device):
 CASES = {
     "identity": identity,
     "multiply_complex": multiply_complex,
+    "matrix_real": matrix_real,
+    "matrix_complex": matrix_complex,
     "real_to_complex": real_to_complex,
     "inpaint_random": inpaint_random,
     "inpaint_box_per_sample": inpaint_box_per_sample,
