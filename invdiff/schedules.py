@@ -66,3 +66,21 @@ def sigmas_vp(
 
 
 SCHEDULES = {"karras": sigmas_karras, "loglinear": sigmas_loglinear, "vp": sigmas_vp}
+
+
+def make_sigmas(name: str, steps: int, *, sigma_min: float, sigma_max: float, **params) -> Tensor:
+    """The schedule ``name`` with ``steps`` steps; ``sigma_min``/``sigma_max`` (usually the
+    prior's range) apply to the schedules that take a range.
+
+    Args:
+        name: a key of :data:`SCHEDULES`.
+        steps: the number of sampler steps.
+        sigma_min: the smallest nonzero sigma of range-based schedules.
+        sigma_max: the largest sigma of range-based schedules.
+        **params: further arguments of the schedule function.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {name!r}")
+    if name == "vp":
+        return sigmas_vp(steps, **params)
+    return SCHEDULES[name](steps, sigma_min=sigma_min, sigma_max=sigma_max, **params)

@@ -1,0 +1,1 @@
+"""Data: generated phantoms now; fastMRI files and packaged anatomy later."""

@@ -1,0 +1,138 @@
+r"""The default reconstruction tasks: ground truth, operator, measurement and baseline.
+
+Each task function builds a :class:`Task` from typed arguments (configs in ``configs/task/``
+call them through Hydra). Ground truths are held-out phantoms of :mod:`invdiff.data.phantoms`,
+in the representation the prior models: real images ``(1, 1, H, W)``, or complex images as two
+real channels ``(1, 2, H, W)`` (real and imaginary parts, :class:`operators.RealToComplex`), so
+the operator includes the embedding and every sampler works on real tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sigpy.mri
+import torch
+from torch import Tensor
+
+from operators import (
+    GaussianNoise,
+    Inpainting,
+    MultiCoilMRI,
+    Operator,
+    ParallelBeamCT,
+    PhaseRetrieval,
+    RealToComplex,
+    SuperResolution,
+    box_mask,
+    fastmri_mask,
+    random_pixel_mask,
+    sparse_view_angles,
+)
+
+from invdiff.data.phantoms import HELD_OUT, complex_phantom, phantom
+
+
+@dataclass
+class Task:
+    """One inverse problem, ready for a sampler.
+
+    Attributes:
+        name: the task's name.
+        x_true: ground truth in the prior's representation, ``(1, C, H, W)`` real.
+        op: the forward operator on that representation.
+        y: the noisy measurement ``op.A(x_true) + noise``.
+        noise_std: the measurement noise's standard deviation.
+        baseline: the name of the classical reconstruction in ``invdiff.samplers.BASELINES``.
+        baseline_kwargs: its keyword arguments.
+        is_complex: ``x_true`` holds a complex image as (real, imaginary) channels.
+    """
+
+    name: str
+    x_true: Tensor
+    op: Operator
+    y: Tensor
+    noise_std: float
+    baseline: str
+    baseline_kwargs: dict = field(default_factory=dict)
+    is_complex: bool = False
+
+    def image(self, x: Tensor) -> Tensor:
+        """The real display image on which metrics are computed, ``(B, H, W)``: the first
+        channel, or the magnitude of a complex representation."""
+        return RealToComplex().A(x)[:, 0].abs() if self.is_complex else x[:, 0]
+
+    def array(self, x: Tensor):
+        """``x`` as a numpy array in its natural type: complex ``(B, C, H, W)`` for complex tasks."""
+        return (RealToComplex().A(x) if self.is_complex else x).detach().cpu().numpy()
+
+
+def _measure(op: Operator, x: Tensor, noise_std: float, seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return GaussianNoise(noise_std)(op.A(x), generator=generator)
+
+
+def mri(
+    size: int = 64,
+    coils: int = 8,
+    acceleration: float = 4,
+    center_fraction: float | None = None,
+    mask_kind: str = "equispaced",
+    noise_std: float = 0.005,
+    index: int = 0,
+    seed: int = 0,
+) -> Task:
+    """Multi-coil Cartesian MRI of a complex phantom: birdcage coils, a fastMRI line mask."""
+    z = complex_phantom(size, HELD_OUT + index)[None, None]
+    maps = torch.from_numpy(sigpy.mri.birdcage_maps((coils, size, size))).to(torch.complex64)
+    mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
+    op = MultiCoilMRI(maps, mask) @ RealToComplex()
+    x = RealToComplex().AT(z)
+    return Task("mri", x, op, _measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30}, is_complex=True)
+
+
+def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, index: int = 0, seed: int = 0) -> Task:
+    """Sparse-view parallel-beam CT of a phantom (attenuation per pixel length in ``[0, 1]``)."""
+    x = phantom(size, HELD_OUT + index)[None, None]
+    op = ParallelBeamCT((size, size), sparse_view_angles(views))
+    return Task("ct", x, op, _measure(op, x, noise_std, seed), noise_std, "fbp")
+
+
+def inpaint(
+    size: int = 64,
+    mask: str = "random",
+    observed: float = 0.3,
+    box: int = 24,
+    noise_std: float = 0.01,
+    index: int = 0,
+    seed: int = 0,
+) -> Task:
+    """Inpainting of a phantom: a random-pixel mask (``observed`` fraction kept) or a centred box."""
+    x = phantom(size, HELD_OUT + index)[None, None]
+    masks = {
+        "random": lambda: random_pixel_mask((size, size), observed, generator=torch.Generator().manual_seed(seed)),
+        "box": lambda: box_mask((size, size), (box, box)),
+    }
+    if mask not in masks:
+        raise ValueError(f"mask: expected one of {sorted(masks)}, got {mask!r}")
+    op = Inpainting(masks[mask]())
+    return Task("inpaint", x, op, _measure(op, x, noise_std, seed), noise_std, "adjoint")
+
+
+def sr(size: int = 64, factor: int = 4, kernel: str = "bicubic", noise_std: float = 0.01, index: int = 0,
+       seed: int = 0) -> Task:
+    """Super-resolution of a phantom by an integer factor with an anti-aliasing kernel."""
+    x = phantom(size, HELD_OUT + index)[None, None]
+    op = SuperResolution(factor, kernel)
+    return Task("sr", x, op, _measure(op, x, noise_std, seed), noise_std, "pinv")
+
+
+def phase(size: int = 64, oversampling: float = 2.0, noise_std: float = 0.01, index: int = 0, seed: int = 0) -> Task:
+    """Fourier phase retrieval of a phantom from oversampled magnitudes."""
+    x = phantom(size, HELD_OUT + index)[None, None]
+    op = PhaseRetrieval(oversampling)
+    return Task("phase", x, op, _measure(op, x, noise_std, seed), noise_std, "error_reduction",
+                {"iterations": 200})
+
+
+TASKS = {"mri": mri, "ct": ct, "inpaint": inpaint, "sr": sr, "phase": phase}
