@@ -1,0 +1,356 @@
+r"""Checkpoint loaders by layout, each returning a :class:`~invdiff.priors.base.Denoiser`.
+
+=============  ==================================================================================
+layout         file
+=============  ==================================================================================
+``invdiff``    invdiff's own format (:func:`invdiff.priors.unet.save_prior`)
+``adm``        a guided-diffusion ``UNetModel`` state dict (DPS ``ffhq_10m.pt``, DDS fastMRI)
+``edm``        an EDM network state dict in deepinv's key layout (``ADMUNet`` / ``NCSNpp``)
+``diffusers``  a diffusers ``UNet2DModel`` folder (``config.json`` + safetensors weights)
+=============  ==================================================================================
+
+Nothing is downloaded: a missing file is an error that names the path. Files are read with
+``torch.load(..., map_location="cpu", weights_only=True)`` or safetensors, so a file that would
+unpickle arbitrary objects is refused. Keys are matched strictly; a mismatch names the missing
+and the unexpected keys. NVlabs' original EDM ``.pkl`` files pickle whole Python objects and
+are therefore refused: convert them to a state dict first (deepinv's converted weights load).
+
+Loaded networks are on the CPU, in eval mode, with ``requires_grad`` off (gradients still flow
+to the input, as guidance needs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from invdiff.priors.adapters import ScaledDenoiser, VPDenoiser, range_affine
+from invdiff.priors.adm import ADM_CONFIGS, ADMUNet
+from invdiff.priors.base import Denoiser
+from invdiff.priors.unet import load_prior, require_safetensors
+from invdiff.schedules import vp_alphas_cumprod
+
+_SHOW = 5  # keys listed in a mismatch message
+
+
+def require_file(path: str | os.PathLike, layout: str) -> Path:
+    """``path`` as a ``Path``; ``FileNotFoundError`` naming it and where to put it if it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{layout} checkpoint not found: {path} (absolute: {path.resolve()}). Place the checkpoint file "
+            f"there, or set prior.path=... to where it is; invdiff never downloads weights."
+        )
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file.
+
+    Raises:
+        ValueError: the file holds arbitrary pickled objects (refused) or is not a torch file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path}: refused to load, it is not a plain state dict of tensors (weights_only=True forbids "
+            f"unpickling arbitrary objects; re-save it as a state dict): {exc}"
+        ) from exc
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+
+
+def _is_state_dict(obj: object) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A state dict from a ``.pt``/``.pth`` (weights only) or ``.safetensors`` file.
+
+    A state dict nested once under ``"state_dict"``, ``"model"``, ``"ema"`` or ``"net"`` is taken
+    from there, and a ``"module."`` prefix on every key (``DataParallel``) is removed.
+
+    Raises:
+        ValueError: the file holds no state dict.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        obj: object = require_safetensors().load_file(str(path))
+    else:
+        obj = read_checkpoint(path)
+    if not _is_state_dict(obj) and isinstance(obj, dict):
+        nested = [obj[k] for k in ("state_dict", "model", "ema", "net") if _is_state_dict(obj.get(k))]
+        obj = nested[0] if nested else obj
+    if not _is_state_dict(obj):
+        what = f"a dict with keys {list(obj)[:_SHOW]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise ValueError(f"{path}: expected a state dict (str -> Tensor), found {what}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: dict[str, Tensor], path: str | os.PathLike) -> None:
+    """``module.load_state_dict(state_dict, strict=True)`` with a readable mismatch message.
+
+    Raises:
+        ValueError: keys missing from or unexpected in ``state_dict`` (first few of each and the
+            counts), or tensors of the wrong shape.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: state dict does not match {type(module).__name__}: {len(missing)} missing keys "
+            f"{missing[:_SHOW]}{' ...' if len(missing) > _SHOW else ''}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:_SHOW]}{' ...' if len(unexpected) > _SHOW else ''}; check the architecture config"
+        )
+    wrong = [
+        f"{k}: {tuple(v.shape)} in file, {tuple(expected[k].shape)} expected"
+        for k, v in state_dict.items()
+        if v.shape != expected[k].shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"{path}: {len(wrong)} tensors have the wrong shape for {type(module).__name__}, e.g. "
+            f"{wrong[:_SHOW]}; check the architecture config"
+        )
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _affine(data_range: tuple[float, float] | None, model_range: tuple[float, float]) -> dict[str, float]:
+    if data_range is None:
+        return {"data_scale": 1.0, "data_shift": 0.0}
+    scale, shift = range_affine(data_range, model_range)
+    return {"data_scale": scale, "data_shift": shift}
+
+
+def load_adm(
+    path: str | os.PathLike,
+    config: str | dict = "ffhq_256",
+    *,
+    data_range: tuple[float, float] | None = None,
+    alphas_cumprod: Tensor | None = None,
+    timesteps: str = "continuous",
+) -> VPDenoiser:
+    r"""A guided-diffusion ``UNetModel`` state dict as a VP ε-denoiser.
+
+    Args:
+        path: the ``.pt`` state dict (e.g. DPS's ``ffhq_10m.pt``).
+        config: a name of :data:`~invdiff.priors.adm.ADM_CONFIGS` or :class:`~invdiff.priors.adm.ADMUNet`
+            arguments.
+        data_range: the range of the caller's images; ``None`` serves the network's own
+            :math:`[-1, 1]`, ``(0, 1)`` maps :math:`[0, 1]` images onto it.
+        alphas_cumprod: the training schedule; default DDPM's linear β, ``T = 1000``.
+        timesteps: ``"continuous"`` or ``"nearest"`` (see :class:`~invdiff.priors.adapters.VPDenoiser`).
+
+    Returns:
+        ``VPDenoiser(ADMUNet, prediction="eps")``; ``shape`` is ``(in_channels, image_size, image_size)``.
+    """
+    if isinstance(config, str):
+        if config not in ADM_CONFIGS:
+            raise ValueError(f"config: unknown ADM config {config!r}; available: {sorted(ADM_CONFIGS)}")
+        config = ADM_CONFIGS[config]
+    path = require_file(path, "adm")
+    net = ADMUNet(**config)
+    load_state_dict_strict(net, read_state_dict(path), path)
+    net.eval().requires_grad_(False)
+    cfg = net.config
+    return VPDenoiser(
+        net,
+        vp_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod,
+        "eps",
+        timesteps=timesteps,
+        shape=(cfg["in_channels"], cfg["image_size"], cfg["image_size"]),
+        **_affine(data_range, (-1.0, 1.0)),
+    )
+
+
+def _edm_archs() -> dict[str, type[nn.Module]]:
+    from deepinv.models import ADMUNet as EDMADMUNet
+    from deepinv.models import NCSNpp
+
+    return {"adm": EDMADMUNet, "ncsnpp": NCSNpp}
+
+
+def load_edm(
+    path: str | os.PathLike,
+    arch: str = "adm",
+    *,
+    sigma_data: float = 0.5,
+    data_range: tuple[float, float] | None = None,
+    model_range: tuple[float, float] = (-1.0, 1.0),
+    **config,
+) -> ScaledDenoiser:
+    r"""An EDM network state dict in deepinv's key layout, as a denoiser.
+
+    deepinv's ``ADMUNet`` and ``NCSNpp`` (built here with ``pretrained=None``) take ``(x, sigma)``
+    and apply EDM preconditioning themselves, with ``pixel_std`` as :math:`\sigma_d`. Their
+    own ``[0, 1] -> [-1, 1]`` switch (``_was_trained_on_minus_one_one``) is turned off; the data
+    range is this adapter's affine map instead, so the result is the same network.
+
+    Args:
+        path: the state dict (``.pt``/``.pth`` or ``.safetensors``).
+        arch: ``"adm"`` (deepinv ``ADMUNet``) or ``"ncsnpp"`` (deepinv ``NCSNpp``: NCSN++ or DDPM++
+            with ``model_type``).
+        sigma_data: :math:`\sigma_d` in the network's range (0.5 for NVlabs' EDM models).
+        data_range: the range of the caller's images; ``None`` serves ``model_range`` itself.
+        model_range: the range the network was trained on; EDM's models use :math:`[-1, 1]`.
+        **config: the deepinv class's architecture arguments (``img_resolution``, ``in_channels``,
+            ``model_channels``, ``channel_mult``, ``num_blocks``, ``attn_resolutions``, ...).
+            Class-conditional networks (``label_dim > 0``) are not supported.
+
+    Returns:
+        ``ScaledDenoiser`` around the deepinv network; ``shape`` from ``in_channels`` and
+        ``img_resolution`` when given.
+    """
+    archs = _edm_archs()
+    if arch not in archs:
+        raise ValueError(f"arch: unknown EDM architecture {arch!r}; available: {sorted(archs)}")
+    if config.get("label_dim", 0):
+        raise ValueError(
+            f"label_dim: class-conditional EDM networks are not supported, got {config['label_dim']}"
+        )
+    if "pretrained" in config:
+        raise ValueError("pretrained: not an option here; the weights come from path")
+    path = require_file(path, "edm")
+    net = archs[arch](pretrained=None, **config)
+    net._was_trained_on_minus_one_one = False
+    net.pixel_std = float(sigma_data)
+    load_state_dict_strict(net, read_state_dict(path), path)
+    net.eval().requires_grad_(False)
+    res = config.get("img_resolution")
+    shape = (config.get("in_channels", 3), res, res) if res is not None else None
+    return ScaledDenoiser(net, shape=shape, **_affine(data_range, model_range))
+
+
+class _DiffusersUNet(nn.Module):
+    """``UNet2DModel`` as ``model(x, t) -> tensor``."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.unet(x, t).sample
+
+
+def _diffusers_alphas_cumprod(cfg: dict, source: Path | str) -> Tensor:
+    r""":math:`\bar\alpha_t` of a diffusers scheduler config, float64 (diffusers itself uses float32)."""
+    T = int(cfg.get("num_train_timesteps", 1000))
+    beta_start, beta_end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    schedule = cfg.get("beta_schedule", "linear")
+    if cfg.get("trained_betas") is not None:
+        betas = torch.as_tensor(cfg["trained_betas"], dtype=torch.float64)
+    elif schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    elif schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64).square()
+    elif schedule == "squaredcos_cap_v2":
+        s = torch.arange(T + 1, dtype=torch.float64) / T
+        abar = torch.cos((s + 0.008) / 1.008 * torch.pi / 2).square()
+        betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    else:
+        raise ValueError(
+            f"{source}: beta_schedule {schedule!r} not supported; "
+            "expected linear, scaled_linear or squaredcos_cap_v2"
+        )
+    return torch.cumprod(1 - betas, 0)
+
+
+_DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+def load_diffusers(
+    folder: str | os.PathLike,
+    *,
+    data_range: tuple[float, float] | None = None,
+    timesteps: str = "continuous",
+) -> VPDenoiser:
+    r"""A diffusers ``UNet2DModel`` folder as a VP denoiser.
+
+    ``folder`` holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (or is a
+    pipeline folder with them under ``unet/``). The schedule and the parameterisation come from a
+    ``scheduler_config.json`` in ``folder``, ``folder/scheduler/`` or ``folder/../scheduler/``
+    (``beta_schedule``, ``beta_start``, ``beta_end``, ``num_train_timesteps``,
+    ``trained_betas``, ``prediction_type``); without one, DDPM's defaults (linear β from 1e-4 to
+    0.02, ``T = 1000``, ε-prediction).
+
+    Args:
+        folder: the model (or pipeline) folder.
+        data_range: the range of the caller's images; ``None`` serves the network's own
+            :math:`[-1, 1]`.
+        timesteps: ``"continuous"`` or ``"nearest"``.
+
+    Returns:
+        ``VPDenoiser`` around the ``UNet2DModel``.
+    """
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as exc:
+        raise ImportError(
+            "load_diffusers needs the optional dependency diffusers: pip install 'invdiff[diffusers]'"
+        ) from exc
+    folder = Path(folder)
+    unet_dir = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    require_file(unet_dir / "config.json", "diffusers")
+    # 1. The network, weights checked strictly.
+    unet, info = UNet2DModel.from_pretrained(
+        unet_dir, local_files_only=True, output_loading_info=True, low_cpu_mem_usage=False
+    )
+    missing, unexpected = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{unet_dir}: weights do not match config.json: {len(missing)} missing keys {missing[:_SHOW]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:_SHOW]}, {len(mismatched)} of the wrong shape "
+            f"{mismatched[:_SHOW]}"
+        )
+    unet.eval().requires_grad_(False)
+    # 2. The schedule and the parameterisation.
+    candidates = [
+        folder / "scheduler_config.json",
+        folder / "scheduler" / "scheduler_config.json",
+        folder.parent / "scheduler" / "scheduler_config.json",
+    ]
+    found = next((p for p in candidates if p.is_file()), None)
+    sched = json.loads(found.read_text()) if found is not None else {}
+    prediction_type = sched.get("prediction_type", "epsilon")
+    if prediction_type not in _DIFFUSERS_PREDICTIONS:
+        raise ValueError(
+            f"{found}: prediction_type {prediction_type!r} not supported; "
+            f"expected one of {sorted(_DIFFUSERS_PREDICTIONS)}"
+        )
+    size = unet.config.sample_size
+    shape = None
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        shape = (unet.config.in_channels, h, w)
+    return VPDenoiser(
+        _DiffusersUNet(unet),
+        _diffusers_alphas_cumprod(sched, found or "default scheduler"),
+        _DIFFUSERS_PREDICTIONS[prediction_type],
+        timesteps=timesteps,
+        shape=shape,
+        **_affine(data_range, (-1.0, 1.0)),
+    )
+
+
+LAYOUTS = {"invdiff": load_prior, "adm": load_adm, "edm": load_edm, "diffusers": load_diffusers}
+
+
+def load_checkpoint(layout: str, path: str | os.PathLike, **kwargs) -> Denoiser:
+    """Load ``path`` with the loader of ``layout`` (a key of :data:`LAYOUTS`), passing ``kwargs`` on."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: unknown checkpoint layout {layout!r}; available: {sorted(LAYOUTS)}")
+    return LAYOUTS[layout](path, **kwargs)

@@ -1,0 +1,69 @@
+"""Samplers: posterior samplers, unconditional samplers and classical baselines, by name.
+
+* :data:`SAMPLERS`: ``(denoiser, op, y, sigmas, *, noise_std, generator, **hyper) -> (x, info)``.
+* :data:`UNCONDITIONAL`: ``(denoiser, sigmas, *, shape, generator, callback=None) -> (x, info)``.
+* :data:`BASELINES`: ``(op, y, **options) -> (x, info)``.
+
+``info`` always holds ``nfe`` (network evaluations) and ``seconds``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from invdiff.samplers.baselines import (
+    adjoint_baseline,
+    error_reduction,
+    fbp_baseline,
+    least_squares,
+    pinv_baseline,
+)
+from invdiff.samplers.common import ddim_coefficients, ddim_step
+from invdiff.samplers.dds import sample_dds
+from invdiff.samplers.dps import sample_dps
+from invdiff.samplers.unconditional import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
+
+SAMPLERS: dict[str, Callable] = {"dps": sample_dps, "dds": sample_dds}
+UNCONDITIONAL: dict[str, Callable] = {
+    "ddim": sample_ddim,
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+}
+BASELINES: dict[str, Callable] = {
+    "adjoint": adjoint_baseline,
+    "cg": least_squares,
+    "pinv": pinv_baseline,
+    "fbp": fbp_baseline,
+    "error_reduction": error_reduction,
+}
+
+
+def get_sampler(name: str) -> Callable:
+    """The function registered as ``name`` in :data:`SAMPLERS`, :data:`UNCONDITIONAL` or :data:`BASELINES`."""
+    for registry in (SAMPLERS, UNCONDITIONAL, BASELINES):
+        if name in registry:
+            return registry[name]
+    available = ", ".join(sorted({**SAMPLERS, **UNCONDITIONAL, **BASELINES}))
+    raise ValueError(f"unknown sampler {name!r}; available: {available}")
+
+
+__all__ = [
+    "BASELINES",
+    "SAMPLERS",
+    "UNCONDITIONAL",
+    "adjoint_baseline",
+    "ddim_coefficients",
+    "ddim_step",
+    "error_reduction",
+    "fbp_baseline",
+    "get_sampler",
+    "least_squares",
+    "pinv_baseline",
+    "sample_dds",
+    "sample_ddim",
+    "sample_dpmpp_2m",
+    "sample_dps",
+    "sample_euler",
+    "sample_heun",
+]

@@ -1,0 +1,172 @@
+r"""Pieces every sampler shares: schedules in, state out, the DDIM step, the guards.
+
+All samplers work in the variance-exploding parameterisation of :mod:`invdiff.priors.base`,
+:math:`x = x_0 + \sigma n`. A step from :math:`\sigma` to :math:`\sigma'` with the Tweedie
+estimate :math:`\hat x_0 = D(x, \sigma)` and its noise :math:`\hat\epsilon = (x - \hat x_0)/\sigma`
+is DDIM's (Song et al. 2021, eq. 12) divided by :math:`\sqrt{\bar\alpha'}`:
+
+.. math::
+    x' = \hat x_0 + c_1 z + c_2 \hat\epsilon, \qquad
+    c_1 = \eta \sqrt{\sigma'^2 (\sigma^2 - \sigma'^2) / \sigma^2}, \qquad
+    c_2 = \sqrt{\sigma'^2 - c_1^2},
+
+with :math:`z \sim \mathcal N(0, I)`. :math:`\eta = 1` is DDPM's ancestral step (the variance
+:math:`\tilde\beta` of :math:`q(x_{t-1} \mid x_t, x_0)`), :math:`\eta = 0` the deterministic DDIM
+step, which is also the Euler step of the probability-flow ODE
+:math:`dx/d\sigma = (x - D(x, \sigma))/\sigma`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from invdiff.priors.base import Denoiser
+from operators.base import LinearOperator, Operator, real_dtype
+
+Callback = Callable[[dict], None]
+
+
+def check_sigmas(sigmas: Tensor | Sequence[float], name: str = "sigmas") -> list[float]:
+    """The schedule as a list of Python floats, after checking it.
+
+    Args:
+        sigmas: ``(n + 1,)`` noise levels for ``n`` steps, strictly decreasing, non-negative,
+            finite, the first positive (the ``sigmas_*`` functions end with 0).
+        name: the argument name used in error messages.
+    """
+    values = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
+    if torch.as_tensor(sigmas).ndim != 1 or len(values) < 2:
+        raise ValueError(f"{name}: expected a 1-D schedule with at least 2 values (1 step), got {sigmas!r}")
+    if not all(math.isfinite(s) and s >= 0 for s in values) or values[0] <= 0:
+        raise ValueError(f"{name}: expected finite, non-negative values starting above 0, got {values}")
+    if any(b >= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{name}: expected strictly decreasing values, got {values}")
+    return values
+
+
+def check_measurement(y: Tensor, sampler: str) -> None:
+    """Raise a ``ValueError`` naming ``y`` when it is not a finite tensor."""
+    if not isinstance(y, Tensor):
+        raise ValueError(f"{sampler}: y: expected a torch.Tensor, got {type(y).__name__}")
+    if y.ndim < 1 or y.shape[0] < 1:
+        raise ValueError(f"{sampler}: y: expected a batch (B, ...), got shape {tuple(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        bad = int((~torch.isfinite(y)).sum())
+        raise ValueError(f"{sampler}: y: contains {bad} NaN or infinite values")
+
+
+def check_eta(eta: float, sampler: str) -> None:
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"{sampler}: eta: expected 0 <= eta <= 1, got {eta}")
+
+
+def check_finite(x: Tensor, sampler: str, i: int, sigma: float) -> None:
+    """Raise ``FloatingPointError`` naming the sampler, the step and sigma when ``x`` is not finite."""
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(
+            f"{sampler}: non-finite values at step {i} (sigma={sigma:.6g}); "
+            f"check the denoiser at this noise level and the step size"
+        )
+
+
+def posterior_shape(denoiser: Denoiser, op: Operator, y: Tensor, shape: Sequence[int] | None, sampler: str):
+    """The shape ``(B, ...)`` of the unknown: ``shape`` if given, else from the prior or ``op.AT``."""
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        if shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{sampler}: shape: expected the batch size of y ({y.shape[0]}) first, got {shape}"
+            )
+        return shape
+    prior_shape = getattr(denoiser, "shape", None)
+    if prior_shape is not None:
+        return (y.shape[0], *prior_shape)
+    if isinstance(op, LinearOperator):
+        return tuple(op.AT(y).shape)
+    raise ValueError(
+        f"{sampler}: shape: cannot infer the shape of x (the denoiser has no shape and the operator "
+        f"{op!r} is not linear); pass shape=(B, C, H, W)"
+    )
+
+
+def infer_device_dtype(denoiser: Denoiser) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the denoiser's first floating parameter or buffer, else the defaults."""
+    for t in list(denoiser.parameters()) + list(denoiser.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def initial_noise(
+    sigma_max: float,
+    shape: Sequence[int],
+    *,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    r""":math:`x_T = \sigma_{max} z`, :math:`z \sim \mathcal N(0, I)`, drawn from ``generator``."""
+    return sigma_max * torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def measurement_device_dtype(y: Tensor) -> tuple[torch.device, torch.dtype]:
+    """Where the unknown lives and its real dtype, from the measurement."""
+    dtype = real_dtype(y.dtype) if (y.is_floating_point() or y.is_complex()) else torch.get_default_dtype()
+    return y.device, dtype
+
+
+def ddim_coefficients(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    r"""``(c1, c2)`` of the VE DDIM step: noise and :math:`\hat\epsilon` weights (module docstring)."""
+    c1 = eta * math.sqrt(max(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2, 0.0))
+    c2 = math.sqrt(max(sigma_next**2 - c1**2, 0.0))
+    return c1, c2
+
+
+def ve_step(
+    x0: Tensor,
+    eps: Tensor,
+    c1: float,
+    c2: float,
+    *,
+    generator: torch.Generator | None,
+) -> Tensor:
+    r""":math:`x' = x_0 + c_1 z + c_2 \epsilon`; draws :math:`z` only when ``c1 > 0``."""
+    out = x0 + c2 * eps
+    if c1 > 0:
+        out = out + c1 * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return out
+
+
+def ddim_step(
+    x: Tensor,
+    x0_hat: Tensor,
+    sigma: float,
+    sigma_next: float,
+    eta: float,
+    *,
+    generator: torch.Generator | None,
+    x0: Tensor | None = None,
+) -> Tensor:
+    r"""One VE DDIM/ancestral step from ``sigma`` to ``sigma_next``.
+
+    Args:
+        x: the state at ``sigma``, ``(B, ...)``.
+        x0_hat: the Tweedie estimate :math:`D(x, \sigma)`, defines :math:`\hat\epsilon`.
+        sigma, sigma_next: the noise levels, ``sigma > sigma_next >= 0``.
+        eta: 0 deterministic DDIM, 1 DDPM ancestral.
+        generator: the source of ``z``.
+        x0: the clean estimate to step towards, default ``x0_hat`` (DDS passes its refined one).
+    """
+    c1, c2 = ddim_coefficients(sigma, sigma_next, eta)
+    eps = (x - x0_hat) / sigma
+    return ve_step(x0_hat if x0 is None else x0, eps, c1, c2, generator=generator)
+
+
+def emit(callback: Callback | None, **state) -> None:
+    """Call ``callback(dict(i=..., sigma=..., x=..., x0_hat=..., ...))`` when one is given."""
+    if callback is not None:
+        callback(state)
