@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def median_ms(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
+def _times(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -20,7 +19,18 @@ def median_ms(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> fl
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return times
+
+
+def median_ms(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
+    return 1e3 * statistics.median(_times(fn, repeats, warmup))
+
+
+def best_ms(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Shortest wall time of ``fn()`` in milliseconds over ``repeats`` calls after ``warmup`` calls:
+    the estimate least disturbed by other processes on a shared machine."""
+    return 1e3 * min(_times(fn, repeats, warmup))
 
 
 def _status_mib(key: str) -> float:
