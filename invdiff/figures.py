@@ -46,3 +46,24 @@ def comparison_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def image_grid(images: Tensor, path: Path, *, columns: int = 8, title: str | None = None) -> None:
+    """Save ``(N, H, W)`` real images as a grid PNG, each on its own grey scale from 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.5 * rows + (0.3 if title else 0)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image in zip(axes.flat, images):
+        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=max(float(image.max()), 1e-6))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,174 @@
+r"""Training a denoiser with the EDM loss (Karras et al. 2022), resumable and reproducible.
+
+Each step draws a batch of training images and noise levels
+:math:`\ln\sigma \sim \mathcal N(P_{mean}, P_{std}^2)` and minimises
+
+.. math:: \lambda(\sigma)\, \| D(x_0 + \sigma n, \sigma) - x_0 \|^2, \qquad
+          \lambda(\sigma) = (\sigma^2 + \sigma_d^2) / (\sigma \sigma_d)^2,
+
+averaged over pixels and the batch, with Adam and an exponential moving average (EMA) of the
+weights. All randomness comes from one ``torch.Generator`` whose state is saved with the
+weights, the EMA and the optimiser, so a run stopped and resumed from its checkpoint ends with
+the same weights as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from invdiff.priors.adapters import EDMDenoiser
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        steps: the total number of optimiser steps.
+        batch_size: images per step.
+        lr: Adam's learning rate (after a linear warm-up of ``warmup`` steps).
+        warmup: warm-up steps.
+        ema_decay: the EMA's decay per step.
+        p_mean, p_std: the log-normal distribution of training noise levels.
+        flip: augment with random left-right flips.
+        seed: seeds the generator of batches, noise levels and noise.
+        checkpoint_every: steps between checkpoints (and at the end).
+        log_every: steps between rows of ``loss.csv``.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 16
+    lr: float = 2e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 25
+
+
+def edm_loss(denoiser: EDMDenoiser, x0: Tensor, log_sigma: Tensor, noise: Tensor) -> Tensor:
+    """The EDM-weighted denoising loss of a batch, a scalar."""
+    sigma = log_sigma.exp()
+    sd2 = denoiser.sigma_data**2
+    weight = (sigma.square() + sd2) / (sigma * denoiser.sigma_data).square()
+    x0_hat = denoiser(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)
+    return (weight.view(-1, 1, 1, 1) * (x0_hat - x0).square()).mean()
+
+
+def _draw(data: Tensor, cfg: TrainConfig, g: torch.Generator, device: torch.device):
+    idx = torch.randint(data.shape[0], (cfg.batch_size,), generator=g)
+    x0 = torch.as_tensor(data[idx.numpy()] if not isinstance(data, Tensor) else data[idx]).float()
+    if cfg.flip:
+        flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+    log_sigma = cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    return x0.to(device), log_sigma.to(device), noise.to(device)
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(
+    denoiser: EDMDenoiser,
+    data: Tensor,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int, EDMDenoiser], None] | None = None,
+) -> EDMDenoiser:
+    """Train ``denoiser`` on ``data``, resuming from ``out_dir/checkpoint.pt`` when it exists.
+
+    Args:
+        denoiser: the network with its preconditioning; trained in place.
+        data: ``(N, C, H, W)`` training images in the denoiser's data space (a tensor or a numpy
+            array, possibly memory-mapped).
+        out_dir: holds ``checkpoint.pt`` (weights, EMA, optimiser, step, generator state) and
+            ``loss.csv``.
+        cfg: the optimisation settings; a resumed run must use the same ones.
+        device: where to train.
+        on_step: called after every step with the step number (1-based) and the loss.
+        on_checkpoint: called after every checkpoint with the step and the EMA denoiser.
+
+    Returns:
+        The EMA denoiser.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    denoiser = denoiser.to(device).train()
+    ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    path = out_dir / "checkpoint.pt"
+    if path.is_file():
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state["config"] != asdict(cfg):
+            changed = {k: (state["config"].get(k), v) for k, v in asdict(cfg).items() if state["config"].get(k) != v}
+            if set(changed) - {"steps", "checkpoint_every", "log_every"}:
+                raise ValueError(f"{path}: saved with other settings (saved, now): {changed}")
+        denoiser.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        step = int(state["step"])
+    log = (out_dir / "loss.csv").open("a", newline="")
+    writer = csv.writer(log)
+    if step == 0:
+        writer.writerow(["step", "loss", "seconds"])
+    running, count, start = 0.0, 0, time.perf_counter()
+    try:
+        while step < cfg.steps:
+            # 1. A batch, its noise levels and its noise, all from the saved generator.
+            x0, log_sigma, noise = _draw(data, cfg, g, device)
+            # 2. One Adam step on the EDM loss, with linear warm-up.
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+            loss = edm_loss(denoiser, x0, log_sigma, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # 3. EMA of the weights.
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), denoiser.parameters()):
+                    p_ema.lerp_(p, 1 - cfg.ema_decay)
+            step += 1
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"train: the loss is {value} at step {step}")
+            running, count = running + value, count + 1
+            if on_step is not None:
+                on_step(step, value)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                writer.writerow([step, f"{running / count:.6f}", f"{time.perf_counter() - start:.1f}"])
+                log.flush()
+                running, count = 0.0, 0
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save(path, {
+                    "model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                    "generator": g.get_state(), "step": step, "config": asdict(cfg),
+                })
+                if on_checkpoint is not None:
+                    on_checkpoint(step, ema)
+    finally:
+        log.close()
+    return ema
