@@ -83,3 +83,70 @@ def mri_brain(root: str | Path, size: int = 64, variants: tuple[int, int, int] =
 
 
 DATASETS = {"mri_brain": mri_brain}
+
+
+NATURAL_SPLITS = {
+    "train": ["astronaut", "rocket", "moon", "brick", "grass", "gravel", "coins", "cell", "retina",
+              "immunohistochemistry", "hubble_deep_field", "pywt:aero", "pywt:ascent"],
+    "val": ["chelsea"],
+    "test": ["camera", "coffee"],
+}
+"""Photographs that scikit-image and PyWavelets ship and load offline, split by image."""
+
+
+def natural_photo(name: str) -> Tensor:
+    """A packaged photograph as a grey-level ``(H, W)`` float32 tensor in ``[0, 1]``."""
+    import torch
+
+    if name.startswith("pywt:"):
+        import pywt.data
+
+        image = np.asarray(getattr(pywt.data, name[5:])(), dtype=np.float64)
+    else:
+        import skimage.data
+
+        image = np.asarray(getattr(skimage.data, name)(), dtype=np.float64)
+    if image.ndim == 3:
+        image = image[..., :3] @ np.array([0.2125, 0.7154, 0.0721])
+    image = (image - image.min()) / max(image.max() - image.min(), 1e-12)
+    return torch.from_numpy(image).float()
+
+
+def natural_crops(names: list[str], size: int, count: int, *, seed: int, scale=(0.2, 1.0)) -> Tensor:
+    """``count`` random square crops (side a random fraction ``scale`` of the shorter side,
+    area-resampled to ``size``, randomly flipped), drawn evenly from the photographs ``names``.
+    ``(count, 1, size, size)`` float32."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    photos = [natural_photo(n) for n in names]
+    crops = []
+    for k in range(count):
+        photo = photos[k % len(photos)]
+        H, W = photo.shape
+        side = max(size, int(min(H, W) * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=g)))))
+        top = int(torch.randint(0, H - side + 1, (), generator=g))
+        left = int(torch.randint(0, W - side + 1, (), generator=g))
+        crop = photo[top : top + side, left : left + side][None, None]
+        crop = F.interpolate(crop, size=(size, size), mode="area")[0]
+        if float(torch.rand((), generator=g)) < 0.5:
+            crop = crop.flip(-1)
+        crops.append(crop)
+    return torch.stack(crops)
+
+
+def natural(root: str | Path, size: int = 64, counts: tuple[int, int, int] = (8000, 256, 64), seed: int = 0) -> Path:
+    """Grey-level natural-image crops from packaged photographs: ``root/natural_{size}``;
+    the splits use different photographs (:data:`NATURAL_SPLITS`)."""
+    sizes = dict(zip(SPLIT_NAMES, counts))
+    info = {"source": "scikit-image and PyWavelets sample photographs", "splits": NATURAL_SPLITS, "size": size,
+            "counts": sizes, "seed": seed, "representation": "grey level in [0, 1]"}
+    return build_dataset(
+        Path(root) / f"natural_{size}",
+        lambda split: natural_crops(NATURAL_SPLITS[split], size, sizes[split], seed=seed * 10 + SPLIT_NAMES.index(split)),
+        info,
+    )
+
+
+DATASETS["natural"] = natural
