@@ -1,8 +1,10 @@
 r"""The default reconstruction tasks: ground truth, operator, measurement and baseline.
 
 Each task function builds a :class:`Task` from typed arguments (configs in ``configs/task/``
-call them through Hydra). Ground truths are held-out phantoms of :mod:`invdiff.data.phantoms`,
-in the representation the prior models: real images ``(1, 1, H, W)``, or complex images as two
+call them through Hydra). Ground truths are held-out images (:func:`ground_truth`): the test
+split of a dataset built from packaged anatomy or photographs (built under the data root on
+first use and reused), or a held-out phantom of :mod:`invdiff.data.phantoms`. They are in the
+representation the prior models: real images ``(1, 1, H, W)``, or complex images as two
 real channels ``(1, 2, H, W)`` (real and imaginary parts, :class:`operators.RealToComplex`), so
 the operator includes the embedding and every sampler works on real tensors.
 """
@@ -10,6 +12,9 @@ the operator includes the embedding and every sampler works on real tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
 
 import sigpy.mri
 import torch
@@ -30,7 +35,38 @@ from operators import (
     sparse_view_angles,
 )
 
+from invdiff.data.datasets import DATASETS, load_split
 from invdiff.data.phantoms import HELD_OUT, complex_phantom, phantom
+
+IMAGES = ("phantom", "mri_brain", "natural")
+"""Sources of ground truth: generated phantoms or the test split of a dataset."""
+
+
+def ground_truth(image: str, size: int, index: int, *, complex_: bool, data_root: str | Path = "data") -> Tensor:
+    """Held-out image ``index`` of ``image``, ``(1, C, size, size)`` float32 (2 channels if complex).
+
+    Args:
+        image: ``"phantom"`` (complex with a smooth phase when ``complex_``), ``"mri_brain"``
+            (complex brain slices) or ``"natural"`` (grey-level photographs).
+        size: image side.
+        index: which held-out image.
+        complex_: whether the task wants a complex image.
+        data_root: where datasets are built and reused.
+    """
+    if image == "phantom":
+        if complex_:
+            return RealToComplex().AT(complex_phantom(size, HELD_OUT + index)[None, None])
+        return phantom(size, HELD_OUT + index)[None, None]
+    if image not in DATASETS or image not in IMAGES:
+        raise ValueError(f"image: expected one of {IMAGES}, got {image!r}")
+    test = load_split(DATASETS[image](data_root, size=size), "test")
+    if not 0 <= index < test.shape[0]:
+        raise ValueError(f"index: expected 0 <= index < {test.shape[0]} (test images of {image}), got {index}")
+    x = torch.from_numpy(np.asarray(test[index : index + 1], dtype=np.float32))
+    if (x.shape[1] == 2) != complex_:
+        kind = "complex" if complex_ else "real"
+        raise ValueError(f"image: {image} holds {x.shape[1]}-channel images, the task needs {kind} ones")
+    return x
 
 
 @dataclass
@@ -79,21 +115,23 @@ def mri(
     center_fraction: float | None = None,
     mask_kind: str = "equispaced",
     noise_std: float = 0.005,
+    image: str = "phantom",
     index: int = 0,
     seed: int = 0,
+    data_root: str | Path = "data",
 ) -> Task:
-    """Multi-coil Cartesian MRI of a complex phantom: birdcage coils, a fastMRI line mask."""
-    z = complex_phantom(size, HELD_OUT + index)[None, None]
+    """Multi-coil Cartesian MRI of a held-out complex image: birdcage coils, a fastMRI line mask."""
+    x = ground_truth(image, size, index, complex_=True, data_root=data_root)
     maps = torch.from_numpy(sigpy.mri.birdcage_maps((coils, size, size))).to(torch.complex64)
     mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
     op = MultiCoilMRI(maps, mask) @ RealToComplex()
-    x = RealToComplex().AT(z)
     return Task("mri", x, op, _measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30}, is_complex=True)
 
 
-def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, index: int = 0, seed: int = 0) -> Task:
-    """Sparse-view parallel-beam CT of a phantom (attenuation per pixel length in ``[0, 1]``)."""
-    x = phantom(size, HELD_OUT + index)[None, None]
+def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, image: str = "phantom", index: int = 0,
+       seed: int = 0, data_root: str | Path = "data") -> Task:
+    """Sparse-view parallel-beam CT of a held-out image (attenuation per pixel length, about ``[0, 1]``)."""
+    x = ground_truth(image, size, index, complex_=False, data_root=data_root)
     op = ParallelBeamCT((size, size), sparse_view_angles(views))
     return Task("ct", x, op, _measure(op, x, noise_std, seed), noise_std, "fbp")
 
@@ -104,11 +142,13 @@ def inpaint(
     observed: float = 0.3,
     box: int = 24,
     noise_std: float = 0.01,
+    image: str = "phantom",
     index: int = 0,
     seed: int = 0,
+    data_root: str | Path = "data",
 ) -> Task:
-    """Inpainting of a phantom: a random-pixel mask (``observed`` fraction kept) or a centred box."""
-    x = phantom(size, HELD_OUT + index)[None, None]
+    """Inpainting of a held-out image: a random-pixel mask (``observed`` fraction kept) or a centred box."""
+    x = ground_truth(image, size, index, complex_=False, data_root=data_root)
     masks = {
         "random": lambda: random_pixel_mask((size, size), observed, generator=torch.Generator().manual_seed(seed)),
         "box": lambda: box_mask((size, size), (box, box)),
@@ -119,17 +159,18 @@ def inpaint(
     return Task("inpaint", x, op, _measure(op, x, noise_std, seed), noise_std, "adjoint")
 
 
-def sr(size: int = 64, factor: int = 4, kernel: str = "bicubic", noise_std: float = 0.01, index: int = 0,
-       seed: int = 0) -> Task:
-    """Super-resolution of a phantom by an integer factor with an anti-aliasing kernel."""
-    x = phantom(size, HELD_OUT + index)[None, None]
+def sr(size: int = 64, factor: int = 4, kernel: str = "bicubic", noise_std: float = 0.01, image: str = "phantom",
+       index: int = 0, seed: int = 0, data_root: str | Path = "data") -> Task:
+    """Super-resolution of a held-out image by an integer factor with an anti-aliasing kernel."""
+    x = ground_truth(image, size, index, complex_=False, data_root=data_root)
     op = SuperResolution(factor, kernel)
     return Task("sr", x, op, _measure(op, x, noise_std, seed), noise_std, "pinv")
 
 
-def phase(size: int = 64, oversampling: float = 2.0, noise_std: float = 0.01, index: int = 0, seed: int = 0) -> Task:
-    """Fourier phase retrieval of a phantom from oversampled magnitudes."""
-    x = phantom(size, HELD_OUT + index)[None, None]
+def phase(size: int = 64, oversampling: float = 2.0, noise_std: float = 0.01, image: str = "phantom",
+          index: int = 0, seed: int = 0, data_root: str | Path = "data") -> Task:
+    """Fourier phase retrieval of a held-out image from oversampled magnitudes."""
+    x = ground_truth(image, size, index, complex_=False, data_root=data_root)
     op = PhaseRetrieval(oversampling)
     return Task("phase", x, op, _measure(op, x, noise_std, seed), noise_std, "error_reduction",
                 {"iterations": 200})

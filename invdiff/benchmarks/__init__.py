@@ -1,6 +1,7 @@
 """Benchmarks, selected by name from :data:`BENCHMARKS`; each returns a markdown report."""
 
+from invdiff.benchmarks.denoising import denoising_benchmark
 from invdiff.benchmarks.operators import operator_benchmark
 from invdiff.benchmarks.samplers import sampler_benchmark
 
-BENCHMARKS = {"operators": operator_benchmark, "samplers": sampler_benchmark}
+BENCHMARKS = {"denoising": denoising_benchmark, "operators": operator_benchmark, "samplers": sampler_benchmark}
