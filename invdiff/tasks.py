@@ -38,7 +38,7 @@ from operators import (
 from invdiff.data.datasets import DATASETS, load_split
 from invdiff.data.phantoms import HELD_OUT, complex_phantom, phantom
 
-IMAGES = ("phantom", "mri_brain", "natural")
+IMAGES = ("phantom", "mri_brain", "natural", "ct")
 """Sources of ground truth: generated phantoms or the test split of a dataset."""
 
 
@@ -47,7 +47,8 @@ def ground_truth(image: str, size: int, index: int, *, complex_: bool, data_root
 
     Args:
         image: ``"phantom"`` (complex with a smooth phase when ``complex_``), ``"mri_brain"``
-            (complex brain slices) or ``"natural"`` (grey-level photographs).
+            (complex brain slices), ``"natural"`` (grey-level photographs) or ``"ct"`` (real CT
+            slices in relative attenuation).
         size: image side.
         index: which held-out image.
         complex_: whether the task wants a complex image.

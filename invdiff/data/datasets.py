@@ -112,23 +112,23 @@ def natural_photo(name: str) -> Tensor:
     return torch.from_numpy(image).float()
 
 
-def natural_crops(names: list[str], size: int, count: int, *, seed: int, scale=(0.2, 1.0)) -> Tensor:
-    """``count`` random square crops (side a random fraction ``scale`` of the shorter side,
-    area-resampled to ``size``, randomly flipped), drawn evenly from the photographs ``names``.
+def random_crops(images: list[Tensor], size: int, count: int, *, seed: int, scale=(0.2, 1.0)) -> Tensor:
+    """``count`` random square crops drawn evenly from ``images`` (``(H, W)`` each): side a random
+    fraction ``scale`` of the shorter side, area-resampled to ``size``, randomly flipped.
     ``(count, 1, size, size)`` float32."""
     import torch
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
-    photos = [natural_photo(n) for n in names]
     crops = []
     for k in range(count):
-        photo = photos[k % len(photos)]
-        H, W = photo.shape
+        image = images[k % len(images)]
+        H, W = image.shape
         side = max(size, int(min(H, W) * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=g)))))
+        side = min(side, H, W)
         top = int(torch.randint(0, H - side + 1, (), generator=g))
         left = int(torch.randint(0, W - side + 1, (), generator=g))
-        crop = photo[top : top + side, left : left + side][None, None]
+        crop = image[top : top + side, left : left + side][None, None]
         crop = F.interpolate(crop, size=(size, size), mode="area")[0]
         if float(torch.rand((), generator=g)) < 0.5:
             crop = crop.flip(-1)
@@ -144,9 +144,54 @@ def natural(root: str | Path, size: int = 64, counts: tuple[int, int, int] = (80
             "counts": sizes, "seed": seed, "representation": "grey level in [0, 1]"}
     return build_dataset(
         Path(root) / f"natural_{size}",
-        lambda split: natural_crops(NATURAL_SPLITS[split], size, sizes[split], seed=seed * 10 + SPLIT_NAMES.index(split)),
+        lambda split: random_crops([natural_photo(n) for n in NATURAL_SPLITS[split]], size, sizes[split],
+                                   seed=seed * 10 + SPLIT_NAMES.index(split)),
         info,
     )
 
 
 DATASETS["natural"] = natural
+
+
+CT_SPLITS = {
+    "train": ["explicit_VR-UN.dcm", "J2K_pixelrep_mismatch.dcm"],
+    "val": ["CT_small.dcm"],
+    "test": ["693_UNCR.dcm"],
+}
+"""Real CT slices that pydicom and pydicom-data ship (see :func:`invdiff.data.dicom.packaged_ct_slices`
+for sources and licences; ``693_UNCR.dcm`` is CQ500, CC BY-NC-SA 4.0: non-commercial use only)."""
+
+
+def ct_slice(name: str) -> Tensor:
+    """A packaged CT slice in relative attenuation :math:`\mu / (2 \mu_{water})`: air 0, water 0.5,
+    1000 HU and above 1. ``(H, W)`` float32."""
+    import pydicom.data
+
+    from invdiff.data.dicom import read_ct
+
+    hu, _ = read_ct(pydicom.data.get_testdata_file(name, download=False))
+    return ((1 + hu / 1000) / 2).clamp(0, 1)
+
+
+def ct(root: str | Path, size: int = 64, counts: tuple[int, int, int] = (6000, 64, 16), seed: int = 0) -> Path:
+    """CT crops in relative attenuation from the packaged slices: ``root/ct_{size}``; the splits
+    use different slices (:data:`CT_SPLITS`); the first test image is the whole test slice."""
+    import torch
+
+    sizes = dict(zip(SPLIT_NAMES, counts))
+    scales = {"train": (0.15, 1.0), "val": (0.5, 1.0), "test": (0.5, 1.0)}
+    info = {"source": "pydicom / pydicom-data CT slices", "splits": CT_SPLITS, "size": size, "counts": sizes,
+            "seed": seed, "representation": "mu / (2 mu_water), clipped to [0, 1]"}
+
+    def make(split: str) -> Tensor:
+        slices = [ct_slice(n) for n in CT_SPLITS[split]]
+        crops = random_crops(slices, size, sizes[split], seed=seed * 10 + SPLIT_NAMES.index(split), scale=scales[split])
+        if split == "test":
+            whole = torch.nn.functional.interpolate(slices[0][None, None], size=(size, size), mode="area")[0]
+            crops[0] = whole
+        return crops
+
+    return build_dataset(Path(root) / f"ct_{size}", make, info)
+
+
+DATASETS["ct"] = ct
