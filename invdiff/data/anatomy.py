@@ -99,14 +99,15 @@ CONTRASTS = {
 }
 
 
-def synthesize(maps: Tensor, g: torch.Generator) -> Tensor:
+def synthesize(maps: Tensor, g: torch.Generator, family: Tensor | None = None) -> Tensor:
     """Magnitude images of random contrasts from ``(N, 4, H, W)`` tissue maps, ``(N, H, W)`` in ``[0, 1]``.
 
     Each image takes a random contrast family (T1-, T2- or proton-density-weighted) with random
     tissue intensities; T1-weighted ones blend in the T1 template's texture with a random weight.
+    ``family`` (``(N,)`` indices into :data:`CONTRASTS`) fixes the families instead.
     """
     n = maps.shape[0]
-    family = torch.randint(len(CONTRASTS), (n,), generator=g)
+    family = torch.randint(len(CONTRASTS), (n,), generator=g) if family is None else family
     weights = torch.zeros(n, 3)
     for k, ranges in enumerate(CONTRASTS.values()):
         for tissue, (low, high) in enumerate(ranges):
