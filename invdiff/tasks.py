@@ -60,7 +60,7 @@ def ground_truth(image: str, size: int, index: int, *, complex_: bool, data_root
         return phantom(size, HELD_OUT + index)[None, None]
     if image not in DATASETS or image not in IMAGES:
         raise ValueError(f"image: expected one of {IMAGES}, got {image!r}")
-    test = load_split(DATASETS[image](data_root, size=size), "test")
+    test = load_split(DATASETS[image](data_root, size=size, splits=("test",)), "test")
     if not 0 <= index < test.shape[0]:
         raise ValueError(f"index: expected 0 <= index < {test.shape[0]} (test images of {image}), got {index}")
     x = torch.from_numpy(np.asarray(test[index : index + 1], dtype=np.float32))

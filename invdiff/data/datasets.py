@@ -30,22 +30,24 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def dataset_ready(folder: Path) -> bool:
-    return all((folder / f"{s}.npy").is_file() for s in SPLIT_NAMES) and (folder / "info.json").is_file()
-
-
-def build_dataset(folder: Path, make: Callable[[str], Tensor], info: dict, *, dtype=np.float16) -> Path:
-    """Write ``make(split)`` for every split into ``folder`` unless it is already complete."""
+def build_dataset(
+    folder: Path, make: Callable[[str], Tensor], info: dict, *, splits=SPLIT_NAMES, dtype=np.float16
+) -> Path:
+    """Write ``make(split)`` into ``folder`` for each of ``splits`` that is not there yet."""
     folder = Path(folder)
-    if dataset_ready(folder):
-        return folder
     folder.mkdir(parents=True, exist_ok=True)
-    for split in SPLIT_NAMES:
+    for split in splits:
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"splits: expected names among {SPLIT_NAMES}, got {split!r}")
+        if (folder / f"{split}.npy").is_file():
+            continue
         images = make(split)
         if images.is_complex():
             images = RealToComplex().AT(images)
         _write_npy(folder / f"{split}.npy", images.numpy().astype(dtype))
-    (folder / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    info_path = folder / "info.json"
+    if not info_path.is_file():
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
     return folder
 
 
@@ -60,7 +62,9 @@ def load_split(folder: str | Path, split: str) -> np.ndarray:
     return array
 
 
-def mri_brain(root: str | Path, size: int = 64, variants: tuple[int, int, int] = (64, 4, 1), seed: int = 0) -> Path:
+def mri_brain(
+    root: str | Path, size: int = 64, variants: tuple[int, int, int] = (64, 4, 1), seed: int = 0, *, splits=SPLIT_NAMES
+) -> Path:
     """Complex brain slices from the MNI templates: ``root/mri_brain_{size}``.
 
     Args:
@@ -69,6 +73,7 @@ def mri_brain(root: str | Path, size: int = 64, variants: tuple[int, int, int] =
         variants: random contrasts/poses/phases per slice for train, val and test (the test
             split's first variant is each slice as it is, unmoved).
         seed: seeds the synthesis of each split (offset per split).
+        splits: the splits to build (those already present are reused).
     """
     from invdiff.data.anatomy import SPLITS, complex_brain_images
 
@@ -80,6 +85,7 @@ def mri_brain(root: str | Path, size: int = 64, variants: tuple[int, int, int] =
         Path(root) / f"mri_brain_{size}",
         lambda split: complex_brain_images(split, size, counts[split], seed=seed * 10 + offsets[split]),
         info,
+        splits=splits,
     )
 
 
@@ -137,7 +143,9 @@ def random_crops(images: list[Tensor], size: int, count: int, *, seed: int, scal
     return torch.stack(crops)
 
 
-def natural(root: str | Path, size: int = 64, counts: tuple[int, int, int] = (8000, 256, 64), seed: int = 0) -> Path:
+def natural(
+    root: str | Path, size: int = 64, counts: tuple[int, int, int] = (8000, 256, 64), seed: int = 0, *, splits=SPLIT_NAMES
+) -> Path:
     """Grey-level natural-image crops from packaged photographs: ``root/natural_{size}``;
     the splits use different photographs (:data:`NATURAL_SPLITS`)."""
     sizes = dict(zip(SPLIT_NAMES, counts))
@@ -148,6 +156,7 @@ def natural(root: str | Path, size: int = 64, counts: tuple[int, int, int] = (80
         lambda split: random_crops([natural_photo(n) for n in NATURAL_SPLITS[split]], size, sizes[split],
                                    seed=seed * 10 + SPLIT_NAMES.index(split)),
         info,
+        splits=splits,
     )
 
 
@@ -174,7 +183,9 @@ def ct_slice(name: str) -> Tensor:
     return ((1 + hu / 1000) / 2).clamp(0, 1)
 
 
-def ct(root: str | Path, size: int = 64, counts: tuple[int, int, int] = (6000, 64, 16), seed: int = 0) -> Path:
+def ct(
+    root: str | Path, size: int = 64, counts: tuple[int, int, int] = (6000, 64, 16), seed: int = 0, *, splits=SPLIT_NAMES
+) -> Path:
     """CT crops in relative attenuation from the packaged slices: ``root/ct_{size}``; the splits
     use different slices (:data:`CT_SPLITS`); the first test image is the whole test slice."""
     import torch
@@ -192,7 +203,7 @@ def ct(root: str | Path, size: int = 64, counts: tuple[int, int, int] = (6000, 6
             crops[0] = whole
         return crops
 
-    return build_dataset(Path(root) / f"ct_{size}", make, info)
+    return build_dataset(Path(root) / f"ct_{size}", make, info, splits=splits)
 
 
 DATASETS["ct"] = ct
