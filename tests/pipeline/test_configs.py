@@ -18,7 +18,7 @@ from invdiff.schedules import SCHEDULES
 from invdiff.tasks import Task
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TINY_PHANTOM = ["task.size=16", "prior.n_train=40", "prior.rank=8"]
+TINY_PHANTOM = ["task.size=16", "task.image=phantom", "prior=phantom", "prior.n_train=40", "prior.rank=8"]
 TINY_ADM = {
     "image_size": 16, "in_channels": 3, "model_channels": 32, "num_res_blocks": 1,
     "attention_resolutions": [8], "channel_mult": [1, 2], "num_head_channels": 16, "learn_sigma": True,
@@ -77,8 +77,9 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize("task", _options("task"))
-def test_task_composes_and_instantiates_with_its_default_prior(task, tmp_path):
-    cfg = _compose([f"task={task}", f"data_root={tmp_path}", *TINY_PHANTOM])
+def test_task_composes_and_instantiates_with_the_phantom_prior(task, tmp_path):
+    complex_ = str(task == "mri").lower()
+    cfg = _compose([f"task={task}", f"data_root={tmp_path}", *TINY_PHANTOM, f"prior.complex_={complex_}"])
     built = instantiate(cfg.task)
     assert isinstance(built, Task) and built.name == task
     assert built.y.shape == built.op.A(built.x_true).shape
@@ -89,15 +90,31 @@ def test_task_composes_and_instantiates_with_its_default_prior(task, tmp_path):
     assert prior(x, 0.1).shape == x.shape
 
 
+@pytest.mark.parametrize("task", _options("task"))
+def test_task_default_prior_fits_the_task(task, tmp_path):
+    """Each task's default config (its prior named after it) at full size: shapes agree."""
+    cfg = _compose([f"task={task}", f"data_root={tmp_path}", "prior.n_train=40", "prior.rank=8"]
+                   if _is_phantom(task) else [f"task={task}", f"data_root={tmp_path}"])
+    built = instantiate(cfg.task)
+    prior = instantiate(cfg.prior)
+    assert prior.shape == tuple(built.x_true.shape[1:])
+
+
+def _is_phantom(prior: str) -> bool:
+    return "phantom_gaussian" in (CONFIGS / "prior" / f"{prior}.yaml").read_text()
+
+
 @pytest.mark.parametrize("prior", _options("prior"))
 def test_prior_composes_and_instantiates(prior, tmp_path):
     overrides = [f"prior={prior}", f"data_root={tmp_path}"]
     if prior in CHECKPOINTS:
         overrides += CHECKPOINTS[prior](tmp_path / "checkpoint")
         size, channels = 16, 1 if prior == "unet" else 3
+    elif _is_phantom(prior):
+        overrides += ["task.size=16", "prior.n_train=40", "prior.rank=8"]
+        size, channels = 16, 2 if OmegaConf.load(CONFIGS / "prior" / f"{prior}.yaml").complex_ else 1
     else:
-        overrides += TINY_PHANTOM
-        size, channels = 16, 2 if prior == "mri" else 1
+        size, channels = 64, 2 if prior == "mri" else 1
     denoiser = instantiate(_compose(overrides).prior)
     assert isinstance(denoiser, Denoiser)
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))

@@ -12,11 +12,17 @@ ROOT = Path(__file__).resolve().parents[2]
 TASK_SAMPLER = {"mri": "dds", "ct": "dds", "inpaint": "dds", "sr": "dds", "phase": "dps"}
 
 
+def _tiny(task: str) -> list[str]:
+    """16 x 16 phantoms with the phantom Gaussian prior: every code path, in seconds."""
+    return [f"task={task}", "task.size=16", "task.image=phantom", "prior=phantom", "prior.n_train=60",
+            "prior.rank=16", f"prior.complex_={str(task == 'mri').lower()}"]
+
+
 def _run(tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subprocess.CompletedProcess:
     run_dir = run_dir or tmp_path / "run"
     args = [
         sys.executable, "scripts/reconstruct.py", f"hydra.run.dir={run_dir}", f"data_root={tmp_path / 'data'}",
-        "task.size=16", "prior.n_train=60", "prior.rank=16", "sampler.steps=4", "progress=false", *overrides,
+        "sampler.steps=4", "progress=false", *overrides,
     ]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
@@ -24,7 +30,7 @@ def _run(tmp_path: Path, *overrides: str, run_dir: Path | None = None) -> subpro
 @pytest.mark.parametrize("task", sorted(TASK_SAMPLER))
 def test_every_task_runs_end_to_end(task, tmp_path):
     sampler = TASK_SAMPLER[task]
-    proc = _run(tmp_path, f"task={task}", f"sampler={sampler}")
+    proc = _run(tmp_path, *_tiny(task), f"sampler={sampler}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     for name in ("reconstruction.npy", "baseline.npy", "metrics.json", "figure.png", "config.yaml"):
@@ -40,14 +46,14 @@ def test_every_task_runs_end_to_end(task, tmp_path):
 
 
 def test_same_seed_same_output_and_no_silent_overwrite(tmp_path):
-    first = _run(tmp_path, "task=ct", "seed=3", run_dir=tmp_path / "a")
-    second = _run(tmp_path, "task=ct", "seed=3", run_dir=tmp_path / "b")
+    first = _run(tmp_path, *_tiny("ct"), "seed=3", run_dir=tmp_path / "a")
+    second = _run(tmp_path, *_tiny("ct"), "seed=3", run_dir=tmp_path / "b")
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "reconstruction.npy"), np.load(tmp_path / "b" / "reconstruction.npy"))
-    again = _run(tmp_path, "task=ct", "seed=3", run_dir=tmp_path / "a")
+    again = _run(tmp_path, *_tiny("ct"), "seed=3", run_dir=tmp_path / "a")
     assert again.returncode != 0
     assert "already holds" in again.stderr and "overwrite=true" in again.stderr
-    forced = _run(tmp_path, "task=ct", "seed=4", "overwrite=true", run_dir=tmp_path / "a")
+    forced = _run(tmp_path, *_tiny("ct"), "seed=4", "overwrite=true", run_dir=tmp_path / "a")
     assert forced.returncode == 0, forced.stderr[-2000:]
 
 
@@ -58,6 +64,17 @@ def test_unknown_task_lists_available_tasks(tmp_path):
 
 
 def test_dds_refuses_a_nonlinear_task(tmp_path):
-    proc = _run(tmp_path, "task=phase", "sampler=dds")
+    proc = _run(tmp_path, *_tiny("phase"), "sampler=dds")
     assert proc.returncode != 0
     assert "dds" in proc.stderr.lower() and "dps" in proc.stderr.lower()
+
+
+def test_default_mri_command_with_the_shipped_prior(tmp_path):
+    """The README's main command (fewer steps): real brain anatomy, the trained prior."""
+    proc = _run(tmp_path, "task=mri", "sampler=dds", "sampler.steps=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["nfe"] == 3
+    assert np.load(tmp_path / "run" / "reconstruction.npy").shape == (1, 1, 64, 64)
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "mri_brain_64" in config and "image: mri_brain" in config
