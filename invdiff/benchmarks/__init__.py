@@ -2,6 +2,12 @@
 
 from invdiff.benchmarks.denoising import denoising_benchmark
 from invdiff.benchmarks.operators import operator_benchmark
+from invdiff.benchmarks.reconstruction import reconstruction_benchmark
 from invdiff.benchmarks.samplers import sampler_benchmark
 
-BENCHMARKS = {"denoising": denoising_benchmark, "operators": operator_benchmark, "samplers": sampler_benchmark}
+BENCHMARKS = {
+    "denoising": denoising_benchmark,
+    "operators": operator_benchmark,
+    "reconstruction": reconstruction_benchmark,
+    "samplers": sampler_benchmark,
+}
