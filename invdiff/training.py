@@ -38,7 +38,7 @@ class TrainConfig:
         batch_size: images per step.
         lr: Adam's learning rate (after a linear warm-up of ``warmup`` steps).
         warmup: warm-up steps.
-        ema_decay: the EMA's decay per step.
+        ema_decay: the EMA's decay per step, reached after a warm-up ``(1 + t) / (10 + t)``.
         p_mean, p_std: the log-normal distribution of training noise levels.
         flip: augment with random left-right flips.
         seed: seeds the generator of batches, noise levels and noise.
@@ -147,10 +147,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            # 3. EMA of the weights.
+            # 3. EMA of the weights, its decay warming up so early weights fade fast.
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), denoiser.parameters()):
-                    p_ema.lerp_(p, 1 - cfg.ema_decay)
+                    p_ema.lerp_(p, 1 - decay)
             step += 1
             value = loss.item()
             if not math.isfinite(value):

@@ -173,7 +173,7 @@ for sources and licences; ``693_UNCR.dcm`` is CQ500, CC BY-NC-SA 4.0: non-commer
 
 
 def ct_slice(name: str) -> Tensor:
-    """A packaged CT slice in relative attenuation :math:`\mu / (2 \mu_{water})`: air 0, water 0.5,
+    r"""A packaged CT slice in relative attenuation :math:`\mu / (2 \mu_{water})`: air 0, water 0.5,
     1000 HU and above 1. ``(H, W)`` float32."""
     import pydicom.data
 
