@@ -57,32 +57,38 @@ class PhaseRetrieval(Operator):
 
 
 class TransmissionCT(Operator):
-    r"""Pre-log transmission CT (Beer–Lambert): :math:`I = I_0 \exp(-P x)`.
+    r"""Pre-log transmission CT (Beer–Lambert): :math:`I = I_0 \exp(-\mu P x)`.
 
-    ``x`` holds attenuation per pixel length (the projector's units), ``P`` is a linear
-    projector such as :class:`operators.ct.ParallelBeamCT`, and ``I`` the expected photon
-    counts, to be corrupted by :class:`operators.noise.PoissonNoise` with ``normalize=False``.
-    :meth:`postlog` turns counts back into line integrals.
+    ``x`` holds attenuation in image units, ``mu`` converts one image unit to attenuation per
+    pixel length (the projector's units), ``P`` is a linear projector such as
+    :class:`operators.ct.ParallelBeamCT`, and ``I`` the expected photon counts, to be corrupted
+    by :class:`operators.noise.PoissonNoise` (``normalize=False`` with ``I0`` the blank-scan
+    count, or ``I0 = 1`` and ``normalize=True`` for transmitted fractions).
+    :meth:`postlog` turns counts back into line integrals of ``x``.
 
     Args:
         projector: the linear projection operator ``P``.
         I0: the blank-scan photon count per detector bin, ``> 0``.
+        mu: attenuation per pixel length of one image unit, ``> 0``.
     """
 
-    def __init__(self, projector: LinearOperator, I0: float = 1e4):
+    def __init__(self, projector: LinearOperator, I0: float = 1e4, mu: float = 1.0):
         if not isinstance(projector, LinearOperator):
             raise ValueError(f"projector: expected a LinearOperator, got {type(projector).__name__}")
         if not I0 > 0:
             raise ValueError(f"I0: expected a positive photon count, got {I0}")
+        if not mu > 0:
+            raise ValueError(f"mu: expected a positive attenuation per pixel length, got {mu}")
         self.projector = projector
         self.I0 = float(I0)
+        self.mu = float(mu)
 
     def A(self, x: Tensor) -> Tensor:
-        return self.I0 * torch.exp(-self.projector.A(x))
+        return self.I0 * torch.exp(-self.mu * self.projector.A(x))
 
     def postlog(self, counts: Tensor, *, min_count: float = 0.5) -> Tensor:
-        r"""Line integrals :math:`-\log(\max(I, I_{min}) / I_0)`; zero counts are clamped to ``min_count``."""
-        return -torch.log(counts.clamp_min(min_count) / self.I0)
+        r"""Line integrals of ``x``, :math:`-\log(\max(I, I_{min}) / I_0) / \mu`; counts below ``min_count`` are clamped."""
+        return -torch.log(counts.clamp_min(min_count) / self.I0) / self.mu
 
     def __repr__(self) -> str:
-        return f"TransmissionCT({self.projector!r}, I0={self.I0})"
+        return f"TransmissionCT({self.projector!r}, I0={self.I0}, mu={self.mu})"

@@ -17,6 +17,7 @@ from invdiff.samplers.baselines import (
     fbp_baseline,
     least_squares,
     pinv_baseline,
+    postlog_fbp,
 )
 from invdiff.samplers.common import ddim_coefficients, ddim_step
 from invdiff.samplers.dds import sample_dds
@@ -35,6 +36,7 @@ BASELINES: dict[str, Callable] = {
     "cg": least_squares,
     "pinv": pinv_baseline,
     "fbp": fbp_baseline,
+    "postlog_fbp": postlog_fbp,
     "error_reduction": error_reduction,
 }
 
@@ -60,6 +62,7 @@ __all__ = [
     "get_sampler",
     "least_squares",
     "pinv_baseline",
+    "postlog_fbp",
     "sample_dds",
     "sample_ddim",
     "sample_dpmpp_2m",

@@ -8,6 +8,7 @@ r"""Classical reconstructions to compare samplers against; each returns ``(x, in
 * :func:`pinv_baseline`: the operator's own minimum-norm least-squares solution ``op.pinv``
   (closed form where the operator has one, e.g. super-resolution).
 * :func:`fbp_baseline`: filtered back-projection, for CT operators that provide ``fbp``.
+* :func:`postlog_fbp`: logarithm of pre-log transmission data, then FBP.
 * :func:`error_reduction`: Fienup's error-reduction (Gerchberg-Saxton) algorithm for Fourier
   phase retrieval.
 """
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from operators.base import LinearOperator, Operator
 from operators.cg import conjugate_gradient
-from operators.nonlinear import PhaseRetrieval
+from operators.nonlinear import PhaseRetrieval, TransmissionCT
 
 
 def _check_linear(op: Operator, name: str) -> None:
@@ -120,6 +121,25 @@ def fbp_baseline(op: Operator, y: Tensor, filter: str = "ramp") -> tuple[Tensor,
             f"FanBeamCT do, not compositions); use least_squares"
         )
     x = fbp(y, filter)
+    return x, {"nfe": 0, "seconds": time.perf_counter() - start}
+
+
+def postlog_fbp(op: TransmissionCT, y: Tensor, *, min_count: float = 0.5, filter: str = "ramp") -> tuple[Tensor, dict]:
+    r"""Log-transform pre-log transmission data, then filtered back-projection.
+
+    Args:
+        op: a :class:`~operators.nonlinear.TransmissionCT` whose projector has ``fbp``.
+        y: photon counts (or transmitted fractions with ``I0 = 1``), ``(B, C, n_angles, n_detectors)``.
+        min_count: counts below it (photon starvation) are clamped before the logarithm.
+        filter: the FBP filter.
+
+    Returns:
+        ``(x, info)``, ``info`` with ``nfe = 0`` and ``seconds``.
+    """
+    start = time.perf_counter()
+    if not isinstance(op, TransmissionCT):
+        raise ValueError(f"postlog_fbp: op: expected a TransmissionCT, got {op!r}; use fbp_baseline for post-log data")
+    x, _ = fbp_baseline(op.projector, op.postlog(y, min_count=min_count), filter)
     return x, {"nfe": 0, "seconds": time.perf_counter() - start}
 
 
