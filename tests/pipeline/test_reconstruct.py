@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TASK_SAMPLER = {"mri": "dds", "ct": "dds", "inpaint": "dds", "sr": "dds", "phase": "dps"}
+TASK_SAMPLER = {"mri": "dds", "ct": "dds", "ct_prelog": "reddiff", "inpaint": "dds", "sr": "dds", "phase": "dps"}
 
 
 def _tiny(task: str) -> list[str]:
@@ -43,6 +43,15 @@ def test_every_task_runs_end_to_end(task, tmp_path):
     assert recon.shape[-2:] == (16, 16)
     assert np.iscomplexobj(recon) == (task == "mri")
     assert "size: 16" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("sampler", ["reddiff", "smc_ensemble", "tds"])
+def test_every_posterior_sampler_runs_a_task(sampler, tmp_path):
+    proc = _run(tmp_path, *_tiny("mri"), f"sampler={sampler}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["sampler"] == sampler and np.isfinite(metrics["reconstruction"]["psnr"])
+    assert np.load(tmp_path / "run" / "reconstruction.npy").shape == (1, 1, 16, 16)
 
 
 def test_same_seed_same_output_and_no_silent_overwrite(tmp_path):
