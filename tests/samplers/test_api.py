@@ -14,10 +14,16 @@ from operators.nonlinear import PhaseRetrieval
 from tests.samplers import gaussian_problem, seeded
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
-STEPS = {"dps": 30, "dds": 15}
+STEPS = {"dps": 30, "dds": 15, "reddiff": 20, "smc_ensemble": 15, "tds": 15, "diffusion_mbir": 15}
+PARTICLES = {"smc_ensemble": 8, "tds": 8}
+"""Samplers whose state holds ``num_particles`` particles per problem."""
+COUPLED = {"diffusion_mbir"}
+"""Samplers whose batch is one volume (slices coupled by the z-regulariser), not independent problems."""
 
 
 def _run(name, prior, op, y, seed, **kwargs):
+    if name in PARTICLES:
+        kwargs.setdefault("num_particles", PARTICLES[name])
     return SAMPLERS[name](
         prior, op, y, sigmas_vp(STEPS[name]), noise_std=0.2, generator=seeded(seed), **kwargs
     )
@@ -28,9 +34,9 @@ def _batch(y: torch.Tensor, B: int = 4) -> torch.Tensor:
 
 
 def test_registries_and_get_sampler():
-    assert set(SAMPLERS) == {"dps", "dds"}
+    assert set(SAMPLERS) == set(STEPS)
     assert set(UNCONDITIONAL) == {"ddim", "euler", "heun", "dpmpp_2m"}
-    assert set(BASELINES) == {"adjoint", "cg", "pinv", "fbp", "error_reduction"}
+    assert set(BASELINES) == {"adjoint", "cg", "pinv", "fbp", "postlog_fbp", "error_reduction"}
     assert get_sampler("dds") is sample_dds and get_sampler("dps") is sample_dps
     for registry in (UNCONDITIONAL, BASELINES):
         for name, fn in registry.items():
@@ -52,7 +58,7 @@ def test_same_seed_same_samples(name):
     assert info["nfe"] == STEPS[name] and info["seconds"] > 0
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - COUPLED))
 def test_samples_are_independent_problems(name):
     """Changing the other samples' measurements leaves sample 0 alone (per-sample norms and CG)."""
     prior, op, y, _ = gaussian_problem(seed=0)
@@ -73,7 +79,8 @@ def test_callback_sees_every_step(name):
     assert [s["i"] for s in seen] == list(range(STEPS[name]))
     sigmas = sigmas_vp(STEPS[name])
     assert [s["sigma"] for s in seen] == pytest.approx(sigmas[:-1].tolist())
-    assert all(s["x"].shape == s["x0_hat"].shape == (4, 1, 1, 6) for s in seen)
+    state = (4 * PARTICLES.get(name, 1), 1, 1, 6)
+    assert all(s["x"].shape == s["x0_hat"].shape == state for s in seen)
 
 
 def test_inputs_are_not_modified():
@@ -171,7 +178,8 @@ def test_non_finite_step_names_sampler_step_and_sigma(name):
     message = rf"sample_\w+: non-finite values at step {step} \(sigma={float(sigmas[step]):.6g}\)"
     with pytest.raises(FloatingPointError, match=message):
         if name in SAMPLERS:
-            SAMPLERS[name](broken, op, _batch(y), sigmas, noise_std=0.2, generator=seeded(0))
+            extra = {"num_particles": PARTICLES[name]} if name in PARTICLES else {}
+            SAMPLERS[name](broken, op, _batch(y), sigmas, noise_std=0.2, generator=seeded(0), **extra)
         else:
             UNCONDITIONAL[name](broken, sigmas, shape=(4, 1, 1, 6), generator=seeded(0))
 
