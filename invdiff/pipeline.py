@@ -128,7 +128,8 @@ def save_result(result: Result, task: Task, run_dir: Path, config_yaml: str) -> 
     _atomic_write(run_dir / "baseline.npy", lambda p: np.save(p.open("wb"), task.array(result.x_baseline)))
     _atomic_write(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(result.metrics, indent=2) + "\n"))
     _atomic_write(run_dir / "config.yaml", lambda p: p.write_text(config_yaml))
-    images = [task.image(t)[0] for t in (task.x_true, result.x_baseline, result.x_hat)]
+    middle = task.x_true.shape[0] // 2  # the middle slice of a volume, the image of a 2D task
+    images = [task.image(t)[middle] for t in (task.x_true, result.x_baseline, result.x_hat)]
     _atomic_write(
         run_dir / "figure.png",
         lambda p: comparison_figure(

@@ -10,7 +10,8 @@ with responsibilities :math:`r_k \propto w_k \mathcal N(x; \mu_k, \Sigma_k + \si
 linear measurement :math:`y = A x_0 + s\,\epsilon` the posterior is again a Gaussian mixture
 (:meth:`GaussianMixture.posterior`), which makes these priors the ground truth for sampler
 tests and the exact-posterior benchmark. Covariances are diagonalised once, so a call costs
-:math:`O(B K d^2)`; everything is computed in float64.
+:math:`O(B K d^2)`; isotropic ones, :math:`\Sigma_k = c_k I` (detected at construction), skip the
+eigenvectors and cost :math:`O(B K d)`, with the same results. Everything is computed in float64.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ class GaussianMixture(Denoiser):
         weights: ``(K,)`` non-negative, normalised here; default uniform.
         shape: the image shape ``(C, H, W)`` with ``C * H * W = d``; default ``(1, 1, d)``.
 
-    Inputs ``x`` may have any shape ``(B, ...)`` with ``d`` elements per sample.
+    Inputs ``x`` may have any shape ``(B, ...)`` with ``d`` elements per sample. When every
+    covariance is isotropic, ``iso_var`` holds the ``(K,)`` variances :math:`c_k` and the denoiser,
+    ``log_prob`` and ``sample`` take the :math:`O(B K d)` path; ``covs`` may then be an expanded
+    tensor (``torch.eye(d).expand(K, d, d)``), which is kept without copying. Otherwise
+    ``iso_var`` is ``None``.
     """
 
     def __init__(self, means: Tensor, covs: Tensor, weights: Tensor | None = None, shape=None):
@@ -49,13 +54,19 @@ class GaussianMixture(Denoiser):
         if math.prod(self.shape) != d:
             raise ValueError(f"shape: expected {d} elements, got {self.shape}")
         covs = covs.double()
-        covs = (covs + covs.transpose(1, 2)) / 2
-        evals, evecs = torch.linalg.eigh(covs)
+        iso_var = _isotropic_variances(covs)
+        if iso_var is None:
+            covs = (covs + covs.transpose(1, 2)) / 2
+            evals, evecs = torch.linalg.eigh(covs)
+        else:
+            evals = iso_var[:, None].expand(K, d)
+            evecs = torch.eye(d, dtype=torch.float64, device=covs.device).expand(K, d, d)
         self.register_buffer("means", means.double())
         self.register_buffer("covs", covs)
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("evals", evals.clamp_min(0))
         self.register_buffer("evecs", evecs)
+        self.register_buffer("iso_var", None if iso_var is None else iso_var.clamp_min(0))
 
     @property
     def dim(self) -> int:
@@ -74,9 +85,24 @@ class GaussianMixture(Denoiser):
         log_r = self.weights.log()[None] - 0.5 * (z.square() / var + var.log()).sum(-1)
         return torch.softmax(log_r, dim=1), z, var
 
+    def _isotropic_terms(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Log-densities up to :math:`-\tfrac d2 \log 2\pi`, ``(B, K)``, and variances
+        :math:`c_k + \sigma^2`, ``(B, K)``, of the isotropic components, without ``(B, K, d)`` tensors."""
+        var = self.iso_var[None] + sigma.double().square()[:, None]
+        # ||x - mu_k||^2 by expansion: one (B, d) x (d, K) product; exact enough in float64.
+        sq = (x.square().sum(1, keepdim=True) - 2 * x @ self.means.T + self.means.square().sum(1)[None]).clamp_min(0)
+        return -0.5 * (sq / var + self.dim * var.log()), var
+
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         sigma = as_sigma(sigma, x)
         flat = self._flat(x)
+        if self.iso_var is not None:
+            # D(x) = sum_k r_k ((1 - a_k) mu_k + a_k x), a_k = c_k / (c_k + sigma^2).
+            log_comp, var = self._isotropic_terms(flat, sigma)
+            r = torch.softmax(self.weights.log()[None] + log_comp, dim=1)
+            a = self.iso_var[None] / var
+            x0 = (r * (1 - a)) @ self.means + (r * a).sum(1, keepdim=True) * flat
+            return x0.reshape(x.shape).to(x.dtype)
         r, z, var = self._posterior_terms(flat, sigma)
         shrunk = torch.einsum("kde,bke->bkd", self.evecs, z * self.evals[None] / var)
         x0 = torch.einsum("bk,bkd->bd", r, self.means[None] + shrunk)
@@ -86,17 +112,26 @@ class GaussianMixture(Denoiser):
         r""":math:`\log p_\sigma(x)`, ``(B,)``; needs positive-definite covariances when ``sigma = 0``."""
         sigma = as_sigma(sigma, x)
         flat = self._flat(x)
+        if self.iso_var is not None:
+            log_comp, _ = self._isotropic_terms(flat, sigma)
+            log_comp = log_comp - 0.5 * self.dim * math.log(2 * math.pi)
+            return torch.logsumexp(self.weights.log()[None] + log_comp, dim=1)
         z = torch.einsum("bkd,kde->bke", flat[:, None, :] - self.means[None], self.evecs)
         var = self.evals[None] + sigma.double().square()[:, None, None]
         log_comp = -0.5 * (z.square() / var + var.log() + math.log(2 * math.pi)).sum(-1)
         return torch.logsumexp(self.weights.log()[None] + log_comp, dim=1)
 
     def sample(self, n: int, *, generator: torch.Generator | None) -> Tensor:
-        """``n`` prior samples, ``(n, *shape)`` float64."""
+        """``n`` prior samples, ``(n, *shape)`` float64; memory ``O(n d + d^2)``, one component at a time."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, self.dim, dtype=torch.float64, generator=generator, device=self.means.device)
         scaled = self.evals[k].sqrt() * noise
-        x = self.means[k] + torch.einsum("nde,ne->nd", self.evecs[k], scaled)
+        if self.iso_var is not None:
+            return (self.means[k] + scaled).reshape(n, *self.shape)
+        x = self.means[k].clone()
+        for j in torch.unique(k).tolist():
+            rows = k == j
+            x[rows] += scaled[rows] @ self.evecs[j].T
         return x.reshape(n, *self.shape)
 
     def posterior(self, A: Tensor, y: Tensor, noise_std: float) -> GaussianMixture:
@@ -127,3 +162,13 @@ class GaussianMixture(Denoiser):
         log_evidence = -0.5 * white.square().sum(-1) - chol.diagonal(dim1=1, dim2=2).log().sum(-1)
         weights = torch.softmax(self.weights.log() + log_evidence, 0)
         return GaussianMixture(means, covs, weights, shape=self.shape)
+
+
+def _isotropic_variances(covs: Tensor) -> Tensor | None:
+    """``(K,)`` variances when every ``covs[k]`` is exactly ``c_k I``, else ``None``."""
+    diag = covs.diagonal(dim1=1, dim2=2)
+    if not bool((diag == diag[:, :1]).all()):
+        return None
+    if int(torch.count_nonzero(covs)) != int(torch.count_nonzero(diag)):
+        return None
+    return diag[:, 0].clone()

@@ -22,9 +22,19 @@ from invdiff.samplers.baselines import (
 from invdiff.samplers.common import ddim_coefficients, ddim_step
 from invdiff.samplers.dds import sample_dds
 from invdiff.samplers.dps import sample_dps
+from invdiff.samplers.mbir import sample_diffusion_mbir
+from invdiff.samplers.reddiff import sample_reddiff
+from invdiff.samplers.smc import sample_smc_ensemble, sample_tds
 from invdiff.samplers.unconditional import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
 
-SAMPLERS: dict[str, Callable] = {"dps": sample_dps, "dds": sample_dds}
+SAMPLERS: dict[str, Callable] = {
+    "dps": sample_dps,
+    "dds": sample_dds,
+    "diffusion_mbir": sample_diffusion_mbir,
+    "reddiff": sample_reddiff,
+    "smc_ensemble": sample_smc_ensemble,
+    "tds": sample_tds,
+}
 UNCONDITIONAL: dict[str, Callable] = {
     "ddim": sample_ddim,
     "euler": sample_euler,
@@ -65,8 +75,12 @@ __all__ = [
     "postlog_fbp",
     "sample_dds",
     "sample_ddim",
+    "sample_diffusion_mbir",
     "sample_dpmpp_2m",
     "sample_dps",
     "sample_euler",
     "sample_heun",
+    "sample_reddiff",
+    "sample_smc_ensemble",
+    "sample_tds",
 ]

@@ -98,3 +98,42 @@ def test_bad_input():
         GaussianMixture(torch.zeros(2, 3), torch.zeros(2, 3, 2))
     with pytest.raises(ValueError, match="A: expected"):
         gmm.posterior(torch.zeros(1, 4), torch.zeros(1), 0.1)
+
+
+def test_isotropic_fast_path_equals_the_general_path():
+    """Isotropic covariances c_k I take the O(B K d) path; forcing the eigenvector path on the same
+    mixture gives the same denoiser, log-density, score gradient and samples."""
+    g = torch.Generator().manual_seed(8)
+    K, d = 5, 7
+    means = 4 * torch.randn(K, d, generator=g, dtype=torch.float64)
+    variances = torch.rand(K, generator=g, dtype=torch.float64) + 0.2
+    covs = variances[:, None, None] * torch.eye(d, dtype=torch.float64)
+    weights = torch.rand(K, generator=g, dtype=torch.float64) + 0.1
+    fast = GaussianMixture(means, covs, weights)
+    general = GaussianMixture(means, covs, weights)
+    general.iso_var = None
+    general.evals, general.evecs = torch.linalg.eigh(covs)
+    assert fast.iso_var is not None
+    torch.testing.assert_close(fast.iso_var, variances)
+    # an expanded identity is kept without copying
+    assert GaussianMixture(means, torch.eye(d, dtype=torch.float64).expand(K, d, d)).covs.stride(0) == 0
+    # anisotropic or non-diagonal covariances take the general path
+    assert _mixture().iso_var is None
+    assert GaussianMixture(means, torch.diag_embed(torch.rand(K, d, generator=g, dtype=torch.float64))).iso_var is None
+    x = 5 * torch.randn(6, 1, 1, d, generator=g, dtype=torch.float64)
+    for sigma in (1e-3, 0.3, 2.0, 80.0, torch.linspace(0.1, 5.0, 6, dtype=torch.float64)):
+        torch.testing.assert_close(fast(x, sigma), general(x, sigma), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fast.log_prob(x, sigma), general.log_prob(x, sigma), rtol=1e-10, atol=1e-8)
+    xg = x.clone().requires_grad_(True)
+    (grad_fast,) = torch.autograd.grad(fast(xg, 0.5).square().sum(), xg)
+    (grad_general,) = torch.autograd.grad(general(xg, 0.5).square().sum(), xg)
+    torch.testing.assert_close(grad_fast, grad_general, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fast.sample(50, generator=torch.Generator().manual_seed(9)),
+                               general.sample(50, generator=torch.Generator().manual_seed(9)))
+    # the posterior of an isotropic prior is anisotropic and matches either way
+    A = torch.randn(2, d, generator=g, dtype=torch.float64)
+    y = torch.randn(2, generator=g, dtype=torch.float64)
+    pf, pg = fast.posterior(A, y, 0.3), general.posterior(A, y, 0.3)
+    assert pf.iso_var is None
+    torch.testing.assert_close(pf.means, pg.means)
+    torch.testing.assert_close(pf.weights, pg.weights)
