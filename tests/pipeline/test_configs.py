@@ -68,6 +68,9 @@ def _write_unet(path: Path) -> list[str]:
     return [f"prior.path={path}"]
 
 
+COMPLEX = ("mri", "mri3d")
+"""Tasks (and their default priors) on complex images, 2 channels."""
+
 CHECKPOINTS = {"adm": _write_adm, "edm": _write_edm, "diffusers": _write_diffusers, "unet": _write_unet}
 
 
@@ -78,7 +81,7 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("task", _options("task"))
 def test_task_composes_and_instantiates_with_the_phantom_prior(task, tmp_path):
-    complex_ = str(task == "mri").lower()
+    complex_ = str(task in COMPLEX).lower()
     cfg = _compose([f"task={task}", f"data_root={tmp_path}", *TINY_PHANTOM, f"prior.complex_={complex_}"])
     built = instantiate(cfg.task)
     assert isinstance(built, Task) and built.name == task
@@ -114,7 +117,7 @@ def test_prior_composes_and_instantiates(prior, tmp_path):
         overrides += ["task.size=16", "prior.n_train=40", "prior.rank=8"]
         size, channels = 16, 2 if OmegaConf.load(CONFIGS / "prior" / f"{prior}.yaml").complex_ else 1
     else:
-        size, channels = 64, 2 if prior == "mri" else 1
+        size, channels = 64, 2 if prior in COMPLEX else 1
     denoiser = instantiate(_compose(overrides).prior)
     assert isinstance(denoiser, Denoiser)
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
