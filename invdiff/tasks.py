@@ -198,3 +198,8 @@ def ct_prelog(size: int = 64, views: int = 60, photons: float = 1e4, mu: float =
 
 
 TASKS = {"mri": mri, "ct": ct, "ct_prelog": ct_prelog, "inpaint": inpaint, "sr": sr, "phase": phase}
+
+# The volume tasks build on Task and the measurement above.
+from invdiff.tasks3d import ct3d, mri3d  # noqa: E402
+
+TASKS.update(ct3d=ct3d, mri3d=mri3d)

@@ -310,6 +310,7 @@ def plot(summary: Sequence[dict], dims: Sequence[int]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = list(dict.fromkeys(r["sampler"] for r in summary))
     colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
@@ -323,16 +324,19 @@ def plot(summary: Sequence[dict], dims: Sequence[int]) -> bytes:
 
     for col, d in enumerate(dims):
         rows = [r for r in summary if r["d"] == d]
-        # 1. Distance against NFE, one line per entry and sample size.
+        # 1. Distance against NFE, one line per entry at its largest sample size.
         ax = axes[0, col]
+        largest = {}
         for name in names:
-            for n in sorted({r["particles"] for r in rows if r["sampler"] == name}):
+            sizes = [r["particles"] for r in rows if r["sampler"] == name]
+            if sizes:
+                largest[name] = n = max(sizes)
                 pts = sorted((r["nfe"], r["sw"]) for r in rows if r["sampler"] == name and r["particles"] == n)
-                ax.plot(*zip(*pts), "o-", color=colors[name], label=f"{name} N={n}", ms=4,
-                        alpha=0.9 if rows and n == max(r["particles"] for r in rows if r["sampler"] == name) else 0.4)
-        for n in sorted({r["particles"] for r in rows if r["population"] == "chains"}):
-            ax.axhline(mean_floor(rows, n), color="k", ls="--", lw=0.8, label=f"floor N={n}")
+                ax.plot(*zip(*pts), "o-", color=colors[name], label=f"{name} N={n}", ms=4)
+        for i, n in enumerate(sorted(set(largest.values()))):
+            ax.axhline(mean_floor(rows, n), color="k", ls=("--", "-.", ":")[i % 3], lw=0.8, label=f"floor N={n}")
         ax.set(title=f"d = {d}", xlabel="NFE", ylabel="sliced Wasserstein to exact samples", xscale="log", yscale="log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=6)
         # 2. Distance against the number of particles, one line per entry and step count.
         if nrows == 2:
