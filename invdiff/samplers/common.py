@@ -170,3 +170,24 @@ def emit(callback: Callback | None, **state) -> None:
     """Call ``callback(dict(i=..., sigma=..., x=..., x0_hat=..., ...))`` when one is given."""
     if callback is not None:
         callback(state)
+
+
+def operator_norm(normal: Callable[[Tensor], Tensor], like: Tensor, iterations: int = 20) -> float:
+    r""":math:`\|A^H A\|_2` by power iteration from a fixed random start (its own generator).
+
+    Args:
+        normal: :math:`v \mapsto A^H A v`.
+        like: a tensor of the unknown's shape, device and dtype.
+        iterations: power iterations.
+    """
+    g = torch.Generator(like.device).manual_seed(0)
+    v = torch.randn(like.shape, generator=g, device=like.device, dtype=like.dtype)
+    v = v / v.norm()
+    value = 0.0
+    for _ in range(iterations):
+        w = normal(v)
+        value = float(w.norm())
+        if value == 0:
+            break
+        v = w / value
+    return value

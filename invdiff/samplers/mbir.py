@@ -79,6 +79,7 @@ from invdiff.samplers.common import (
     emit,
     initial_noise,
     measurement_device_dtype,
+    operator_norm,
     posterior_shape,
     ve_step,
 )
@@ -108,27 +109,6 @@ def soft_threshold(v: Tensor, tau: float) -> Tensor:
 def tv_z(x: Tensor) -> float:
     r""":math:`\|D_z x\|_1` per voxel: the mean absolute difference between neighbouring slices."""
     return float(diff_z(x).abs().mean())
-
-
-def operator_norm(normal: Callable[[Tensor], Tensor], like: Tensor, iterations: int = 20) -> float:
-    r""":math:`\|A^H A\|_2` by power iteration from a fixed random start (its own generator).
-
-    Args:
-        normal: :math:`v \mapsto A^H A v`.
-        like: a tensor of the unknown's shape, device and dtype.
-        iterations: power iterations.
-    """
-    g = torch.Generator(like.device).manual_seed(0)
-    v = torch.randn(like.shape, generator=g, device=like.device, dtype=like.dtype)
-    v = v / v.norm()
-    value = 0.0
-    for _ in range(iterations):
-        w = normal(v)
-        value = float(w.norm())
-        if value == 0:
-            break
-        v = w / value
-    return value
 
 
 def denoise_in_chunks(denoiser: Denoiser, x: Tensor, sigma: float, slice_batch: int) -> Tensor:

@@ -82,6 +82,7 @@ from invdiff.samplers.common import (
     emit,
     initial_noise,
     measurement_device_dtype,
+    operator_norm,
     posterior_shape,
 )
 from operators.base import LinearOperator, Operator
@@ -159,19 +160,6 @@ class Ensemble:
         return log_w, resampled, [t[flat] for t in tensors]
 
 
-def operator_norm_sq(op: LinearOperator, shape: Sequence[int], *, device, dtype, iterations: int = 30) -> float:
-    r""":math:`\|A\|^2`, the largest eigenvalue of :math:`A^T A`, by power iteration from a fixed start."""
-    v = torch.ones((1, *shape[1:]), device=device, dtype=dtype)
-    v = v + 0.01 * torch.arange(v.numel(), device=device, dtype=dtype).reshape(v.shape).sin()
-    norm = 0.0
-    for _ in range(iterations):
-        v = v / torch.linalg.vector_norm(v)
-        w = op.normal(v)
-        norm = float(torch.linalg.vector_norm(w))
-        v = w
-    return norm
-
-
 def _finish(
     ensemble: Ensemble, x: Tensor, log_w: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -245,7 +233,7 @@ def sample_smc_ensemble(
     shape = posterior_shape(denoiser, op, y, shape, name)
     device, dtype = measurement_device_dtype(y)
     if kappa is None:
-        kappa = operator_norm_sq(op, shape, device=device, dtype=dtype)
+        kappa = operator_norm(op.normal, torch.zeros((1, *shape[1:]), device=device, dtype=dtype))
     if not kappa >= 0:
         raise ValueError(f"{name}: kappa: expected >= 0 or None, got {kappa}")
     B, N = y.shape[0], int(num_particles)
@@ -363,7 +351,7 @@ def sample_tds(
     device, dtype = measurement_device_dtype(y)
     if kappa is None:
         linear = isinstance(op, LinearOperator)
-        kappa = operator_norm_sq(op, shape, device=device, dtype=dtype) if linear else 1.0
+        kappa = operator_norm(op.normal, torch.zeros((1, *shape[1:]), device=device, dtype=dtype)) if linear else 1.0
     if not kappa >= 0:
         raise ValueError(f"{name}: kappa: expected >= 0 or None, got {kappa}")
     B, N = y.shape[0], int(num_particles)

@@ -9,11 +9,11 @@ import torch
 from invdiff.pipeline import score
 from invdiff.priors.phantom import phantom_gaussian
 from invdiff.samplers import SAMPLERS, sample_dds
+from invdiff.samplers.common import operator_norm
 from invdiff.samplers.mbir import (
     admm_tv_z_step,
     diff_z,
     diff_z_adjoint,
-    operator_norm,
     sample_diffusion_mbir,
     soft_threshold,
 )
