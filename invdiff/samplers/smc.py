@@ -160,13 +160,42 @@ class Ensemble:
         return log_w, resampled, [t[flat] for t in tensors]
 
 
+def _prepare(
+    name: str,
+    denoiser: Denoiser,
+    op: Operator,
+    y: Tensor,
+    sigmas: Tensor,
+    shape: Sequence[int] | None,
+    noise_std: float,
+    num_particles: int,
+    ess_threshold: float,
+    kappa: float | None,
+) -> tuple[list[float], tuple[int, ...], torch.device, torch.dtype, float, Ensemble]:
+    r"""Check the inputs; the schedule, shape, device, dtype, ``kappa`` (default :math:`\|A\|^2`
+    for linear operators, else 1) and the particle layout."""
+    check_measurement(y, name)
+    check_particles(num_particles, ess_threshold, name)
+    check_noise(noise_std, name)
+    sigma_list = check_sigmas(sigmas)
+    shape = posterior_shape(denoiser, op, y, shape, name)
+    device, dtype = measurement_device_dtype(y)
+    if kappa is None:
+        like = torch.zeros((1, *shape[1:]), device=device, dtype=dtype)
+        kappa = operator_norm(op.normal, like) if isinstance(op, LinearOperator) else 1.0
+    if not kappa >= 0:
+        raise ValueError(f"{name}: kappa: expected >= 0 or None, got {kappa}")
+    return sigma_list, shape, device, dtype, kappa, Ensemble(y.shape[0], int(num_particles), device)
+
+
 def _finish(
-    ensemble: Ensemble, x: Tensor, log_w: Tensor, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Resample all problems by their final weights: ``(x (B, ...), particles (B, N, ...), log_w)``."""
+    ensemble: Ensemble, x: Tensor, log_w: Tensor, generator: torch.Generator | None, **info
+) -> tuple[Tensor, dict]:
+    """Resample all problems by their final weights: ``(x (B, ...), info)`` with the particles
+    ``(B, N, ...)``, the final log-weights (before resampling) and ``info``."""
     _, _, (x,) = ensemble.maybe_resample(log_w, 1.0 + 1e-9, generator, x)
     particles = ensemble.grouped(x)
-    return particles[:, 0], particles, log_w
+    return particles[:, 0], {**info, "particles": particles, "log_weights": log_w, "num_particles": ensemble.N}
 
 
 def _sq_norm(t: Tensor) -> Tensor:
@@ -226,18 +255,10 @@ def sample_smc_ensemble(
             f"{name}: op: the ensemble sampler needs a LinearOperator (its weights use the Gaussian "
             f"likelihood of A x), got {op!r}; use tds, dps or reddiff for nonlinear operators"
         )
-    check_measurement(y, name)
-    check_particles(num_particles, ess_threshold, name)
-    check_noise(noise_std, name)
-    sigma_list = check_sigmas(sigmas)
-    shape = posterior_shape(denoiser, op, y, shape, name)
-    device, dtype = measurement_device_dtype(y)
-    if kappa is None:
-        kappa = operator_norm(op.normal, torch.zeros((1, *shape[1:]), device=device, dtype=dtype))
-    if not kappa >= 0:
-        raise ValueError(f"{name}: kappa: expected >= 0 or None, got {kappa}")
-    B, N = y.shape[0], int(num_particles)
-    ensemble = Ensemble(B, N, device)
+    sigma_list, shape, device, dtype, kappa, ensemble = _prepare(
+        name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa
+    )
+    B, N = ensemble.B, ensemble.N
     ys = ensemble.repeat(y)
 
     def log_lik(x: Tensor, u: float) -> tuple[Tensor, Tensor]:
@@ -256,7 +277,6 @@ def sample_smc_ensemble(
     x = initial_noise(sigma_list[0], (B * N, *shape[1:]), generator=generator, device=device, dtype=dtype)
     log_w = torch.zeros(B, N, device=device, dtype=torch.float64)
     ess_history, resampled_count = [], torch.zeros(B, dtype=torch.long, device=device)
-    n = len(sigma_list) - 1
     with torch.no_grad():
         # 1. Importance weights of the prior draws for q_T = p_T L_T.
         log_w = log_w + ensemble.grouped(log_lik(x, sigma_list[0] ** 2)[0]).double()
@@ -291,18 +311,10 @@ def sample_smc_ensemble(
             increment = delta * (rate + rate_next) / 2 + dlog_l
             log_w = log_w + ensemble.grouped(increment).double()
             x, x0_hat, rate, drift = x_next, x0_next, rate_next, drift_next
-    x, particles, final_log_w = _finish(ensemble, x, log_w, generator)
-    info = {
-        "nfe": n,
-        "seconds": time.perf_counter() - start,
-        "particles": particles,
-        "log_weights": final_log_w,
-        "ess": ess_history,
-        "resampled": resampled_count,
-        "kappa": kappa,
-        "num_particles": N,
-    }
-    return x, info
+    return _finish(
+        ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
+        ess=ess_history, resampled=resampled_count, kappa=kappa,
+    )
 
 
 NAME_TDS = "sample_tds"
@@ -343,19 +355,10 @@ def sample_tds(
     """
     start = time.perf_counter()
     name = NAME_TDS
-    check_measurement(y, name)
-    check_particles(num_particles, ess_threshold, name)
-    check_noise(noise_std, name)
-    sigma_list = check_sigmas(sigmas)
-    shape = posterior_shape(denoiser, op, y, shape, name)
-    device, dtype = measurement_device_dtype(y)
-    if kappa is None:
-        linear = isinstance(op, LinearOperator)
-        kappa = operator_norm(op.normal, torch.zeros((1, *shape[1:]), device=device, dtype=dtype)) if linear else 1.0
-    if not kappa >= 0:
-        raise ValueError(f"{name}: kappa: expected >= 0 or None, got {kappa}")
-    B, N = y.shape[0], int(num_particles)
-    ensemble = Ensemble(B, N, device)
+    sigma_list, shape, device, dtype, kappa, ensemble = _prepare(
+        name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa
+    )
+    B, N = ensemble.B, ensemble.N
     ys = ensemble.repeat(y)
 
     def twist(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -405,15 +408,7 @@ def sample_tds(
         log_w = log_w + ensemble.grouped(log_ratio + log_twist_next - log_twist).double()
         x, x0_hat, log_twist, grad = x_next.detach(), x0_next, log_twist_next, grad_next
         check_finite(x, name, i, sigma)
-    x, particles, final_log_w = _finish(ensemble, x, log_w, generator)
-    info = {
-        "nfe": len(sigma_list) - 1,
-        "seconds": time.perf_counter() - start,
-        "particles": particles,
-        "log_weights": final_log_w,
-        "ess": ess_history,
-        "resampled": resampled_count,
-        "kappa": kappa,
-        "num_particles": N,
-    }
-    return x, info
+    return _finish(
+        ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
+        ess=ess_history, resampled=resampled_count, kappa=kappa,
+    )
