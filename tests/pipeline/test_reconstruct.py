@@ -1,6 +1,7 @@
 """``scripts/reconstruct.py`` end to end, at tiny size on the CPU, for every task."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,16 @@ def test_dds_refuses_a_nonlinear_task(tmp_path):
     proc = _run(tmp_path, *_tiny("phase"), "sampler=dds")
     assert proc.returncode != 0
     assert "dds" in proc.stderr.lower() and "dps" in proc.stderr.lower()
+
+
+@pytest.mark.parametrize("task, sampler, message", [
+    ("ct", "diffusion_mbir", "needs a volume.*task=ct3d or task=mri3d"),
+    ("phase", "smc_ensemble", "LinearOperator.*tds, dps or reddiff"),
+])
+def test_a_sampler_refuses_a_task_it_cannot_solve(task, sampler, message, tmp_path):
+    proc = _run(tmp_path, *_tiny(task), f"sampler={sampler}")
+    assert proc.returncode != 0
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
 
 
 def test_default_mri_command_with_the_shipped_prior(tmp_path):
