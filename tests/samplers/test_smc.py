@@ -20,7 +20,9 @@ from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 SMC = {"smc_ensemble": sample_smc_ensemble, "tds": sample_tds}
 
 
-@pytest.mark.parametrize("name, extra", [("smc_ensemble", {}), ("smc_ensemble", {"data_std": 3.0}), ("tds", {})])
+@pytest.mark.parametrize("name, extra", [
+    ("smc_ensemble", {}), ("smc_ensemble", {"data_std": 3.0}), ("tds", {}), ("tds", {"data_std": 3.0}),
+])
 def test_gaussian_posterior_moments(name, extra):
     """4000 particles, 200 VP steps: mean within 0.25 posterior stds, covariance within 15 %.
 
