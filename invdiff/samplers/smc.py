@@ -36,9 +36,10 @@ Nothing in this uses the intractable likelihood of a noisy image, :math:`p(y \mi
 prior score comes from the denoiser, :math:`\nabla \log p_u(x) = (D(x, \sigma) - x)/\sigma^2`,
 and :math:`L_u` is explicit. For a linear operator :math:`\Delta \log L_u = -\operatorname{tr}(A^T A)/v_u`
 is the same for every particle and drops out of the normalised weights. A step from
-:math:`u` to :math:`u' < u` (:math:`\Delta = u - u'`) is the Euler-Maruyama step of the SDE and
-the matching left-point rule for the weights, with the last term integrated exactly,
-:math:`\log L_{u'}(x) - \log L_u(x)`. ``kappa`` defaults to :math:`\|A\|^2` (power iteration), which
+:math:`u` to :math:`u' < u` (:math:`\Delta = u - u'`) is the Euler-Maruyama step of the SDE; the
+weights take the trapezoidal rule along the move, the rate at both ends and, for the last term,
+:math:`\log L_{u'} - \log L_u` at fixed :math:`x` averaged over both ends (a left-point rule
+biased the mode masses of a two-mode test by 0.3 at 200 steps). ``kappa`` defaults to :math:`\|A\|^2` (power iteration), which
 bounds the data-space variance of :math:`A x_u` given :math:`x_0`, keeps the likelihood drift
 stable (:math:`\Delta \|A\|^2 / v_u < 1`) and makes the path start at the prior. With
 ``data_std`` :math:`\sigma_d` the tilt becomes :math:`L_u(x) = \mathcal N(y;\ c_u A x,\ (s^2 + \kappa u c_u) I)`,
