@@ -119,6 +119,19 @@ def measurement_device_dtype(y: Tensor) -> tuple[torch.device, torch.dtype]:
     return y.device, dtype
 
 
+def real_adjoint(op: LinearOperator, y: Tensor, shape: Sequence[int], sampler: str) -> Tensor:
+    """``op.AT(y)``, after checking it has the unknown's ``shape`` and is real like the prior's ``x``."""
+    ATy = op.AT(y)
+    if tuple(ATy.shape) != tuple(shape):
+        raise ValueError(f"{sampler}: shape: op.AT(y) has shape {tuple(ATy.shape)}, x has {tuple(shape)}")
+    if ATy.is_complex():
+        raise ValueError(
+            f"{sampler}: op: op.AT(y) is complex but the prior's x is real; compose the operator with "
+            f"RealToComplex() (and a 2-channel prior) or use a real operator"
+        )
+    return ATy
+
+
 def ddim_coefficients(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
     r"""``(c1, c2)`` of the VE DDIM step: noise and :math:`\hat\epsilon` weights (module docstring)."""
     c1 = eta * math.sqrt(max(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2, 0.0))

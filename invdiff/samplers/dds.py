@@ -61,6 +61,7 @@ from invdiff.samplers.common import (
     initial_noise,
     measurement_device_dtype,
     posterior_shape,
+    real_adjoint,
     ve_step,
 )
 from operators.base import LinearOperator
@@ -136,14 +137,7 @@ def sample_dds(
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
     cg_residual, gamma_t = None, None
     with torch.no_grad():
-        ATy = op.AT(y)
-        if tuple(ATy.shape) != shape:
-            raise ValueError(f"{NAME}: shape: op.AT(y) has shape {tuple(ATy.shape)}, x has {shape}")
-        if ATy.is_complex():
-            raise ValueError(
-                f"{NAME}: op: op.AT(y) is complex but the prior's x is real; compose the operator with "
-                f"RealToComplex() (and a 2-channel prior) or use a real operator"
-            )
+        ATy = real_adjoint(op, y, shape, NAME)
         for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             # 1. Tweedie estimate and the noise it implies.
             x0_hat = denoiser(x, sigma)

@@ -81,6 +81,7 @@ from invdiff.samplers.common import (
     measurement_device_dtype,
     operator_norm,
     posterior_shape,
+    real_adjoint,
     ve_step,
 )
 from invdiff.samplers.dds import dds_coefficients
@@ -234,14 +235,7 @@ def sample_diffusion_mbir(
     device, dtype = measurement_device_dtype(y)
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
     with torch.no_grad():
-        ATy = op.AT(y)
-        if tuple(ATy.shape) != shape:
-            raise ValueError(f"{NAME}: shape: op.AT(y) has shape {tuple(ATy.shape)}, x has {shape}")
-        if ATy.is_complex():
-            raise ValueError(
-                f"{NAME}: op: op.AT(y) is complex but the prior's x is real; compose the operator with "
-                f"RealToComplex() (and a 2-channel prior) or use a real operator"
-            )
+        ATy = real_adjoint(op, y, shape, NAME)
         # 0. Normalise the data term by L = ||A^H A||, so rho and lam keep their meaning.
         L = operator_norm(op.normal, ATy) if op_norm is None else float(op_norm)
         if not L > 0:
