@@ -278,18 +278,22 @@ def sample_smc_ensemble(
     B, N = ensemble.B, ensemble.N
     ys = ensemble.repeat(y)
 
-    def log_lik(x: Tensor, u: float) -> tuple[Tensor, Tensor]:
-        """``log L_u(x)`` up to a constant, ``(B * N,)``, and its gradient."""
+    def tilt(u: float) -> tuple[float, float]:
+        """``(c_u, v_u)``: the scale of ``A x`` and the variance in ``L_u``."""
         c = 1.0 if data_std is None else data_std**2 / (data_std**2 + u)
-        v = noise_std**2 + kappa * u * c
-        residual = ys - c * op.A(x)
-        return -_sq_norm(residual) / (2 * v), c * op.AT(residual) / v
+        return c, noise_std**2 + kappa * u * c
 
-    def integrand(x: Tensor, x0_hat: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    def log_lik(Ax: Tensor, u: float) -> Tensor:
+        """``log L_u(x)`` up to a constant, ``(B * N,)``, from ``A x``."""
+        c, v = tilt(u)
+        return -_sq_norm(ys - c * Ax) / (2 * v)
+
+    def integrand(x: Tensor, Ax: Tensor, x0_hat: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         """The weight rate at ``(x, u)``, ``(B * N,)``, and the drift ``score + grad log L_u``."""
         u = sigma**2
+        c, v = tilt(u)
         score = (x0_hat - x) / u
-        grad_ll = log_lik(x, u)[1]
+        grad_ll = c * op.AT(ys - c * Ax) / v
         return _dot(score, grad_ll) + 0.5 * _sq_norm(grad_ll), score + grad_ll
 
     x = initial_noise(sigma_list[0], (B * N, *shape[1:]), generator=generator, device=device, dtype=dtype)
@@ -297,9 +301,10 @@ def sample_smc_ensemble(
     ess_history, resampled_count = [], torch.zeros(B, dtype=torch.long, device=device)
     with torch.no_grad():
         # 1. Importance weights of the prior draws for q_T = p_T L_T.
-        log_w = log_w + ensemble.grouped(log_lik(x, sigma_list[0] ** 2)[0]).double()
+        Ax = op.A(x)
+        log_w = log_w + ensemble.grouped(log_lik(Ax, sigma_list[0] ** 2)).double()
         x0_hat = denoiser(x, sigma_list[0])
-        rate, drift = integrand(x, x0_hat, sigma_list[0])
+        rate, drift = integrand(x, Ax, x0_hat, sigma_list[0])
         for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             u, u_next = sigma**2, sigma_next**2
             delta = u - u_next
@@ -308,8 +313,8 @@ def sample_smc_ensemble(
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess)
             # 2. Resample the problems whose ESS fell below the threshold.
             if i > 0:
-                log_w, resampled, (x, x0_hat, rate, drift) = ensemble.maybe_resample(
-                    log_w, ess_threshold, generator, x, x0_hat, rate, drift
+                log_w, resampled, (x, Ax, x0_hat, rate, drift) = ensemble.maybe_resample(
+                    log_w, ess_threshold, generator, x, Ax, x0_hat, rate, drift
                 )
                 resampled_count += resampled.long()
             # 3. Euler-Maruyama step of the reverse SDE: prior score plus likelihood drift.
@@ -318,17 +323,16 @@ def sample_smc_ensemble(
             check_finite(x_next, name, i, sigma)
             # 4. Feynman-Kac weight over [u', u], trapezoidal along the move: the rate term at
             # both ends, and the change of L_u at fixed x averaged over both ends.
+            Ax_next = op.A(x_next)
             if sigma_next > 0:
                 x0_next = denoiser(x_next, sigma_next)
-                rate_next, drift_next = integrand(x_next, x0_next, sigma_next)
+                rate_next, drift_next = integrand(x_next, Ax_next, x0_next, sigma_next)
             else:
                 x0_next, rate_next, drift_next = x_next, rate, drift
-            dlog_l = (
-                log_lik(x, u_next)[0] - log_lik(x, u)[0] + log_lik(x_next, u_next)[0] - log_lik(x_next, u)[0]
-            ) / 2
+            dlog_l = (log_lik(Ax, u_next) - log_lik(Ax, u) + log_lik(Ax_next, u_next) - log_lik(Ax_next, u)) / 2
             increment = delta * (rate + rate_next) / 2 + dlog_l
             log_w = log_w + ensemble.grouped(increment).double()
-            x, x0_hat, rate, drift = x_next, x0_next, rate_next, drift_next
+            x, Ax, x0_hat, rate, drift = x_next, Ax_next, x0_next, rate_next, drift_next
     return _finish(
         ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
         ess=ess_history, resampled=resampled_count, kappa=kappa,
