@@ -111,6 +111,15 @@ def _measure(op: Operator, x: Tensor, noise_std: float, seed: int) -> Tensor:
     return GaussianNoise(noise_std)(op.A(x), generator=generator)
 
 
+def mri_operator(
+    size: int, coils: int, acceleration: float, center_fraction: float | None, mask_kind: str, seed: int
+) -> Operator:
+    """Birdcage coil maps, a fastMRI line mask seeded by ``seed``, on real (real, imaginary) channels."""
+    maps = torch.from_numpy(sigpy.mri.birdcage_maps((coils, size, size))).to(torch.complex64)
+    mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
+    return MultiCoilMRI(maps, mask) @ RealToComplex()
+
+
 def mri(
     size: int = 64,
     coils: int = 8,
@@ -125,9 +134,7 @@ def mri(
 ) -> Task:
     """Multi-coil Cartesian MRI of a held-out complex image: birdcage coils, a fastMRI line mask."""
     x = ground_truth(image, size, index, complex_=True, data_root=data_root)
-    maps = torch.from_numpy(sigpy.mri.birdcage_maps((coils, size, size))).to(torch.complex64)
-    mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
-    op = MultiCoilMRI(maps, mask) @ RealToComplex()
+    op = mri_operator(size, coils, acceleration, center_fraction, mask_kind, seed)
     return Task("mri", x, op, _measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30}, is_complex=True)
 
 

@@ -29,14 +29,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import sigpy.mri
 import torch
 from torch import Tensor
 
 from invdiff.data.anatomy import CONTRASTS, split_slices, synthesize, tissue_maps
 from invdiff.data.phantoms import HELD_OUT, random_ellipses, smooth_phase
-from invdiff.tasks import Task, _measure
-from operators import MultiCoilMRI, ParallelBeamCT, RealToComplex, ellipse_image, fastmri_mask, limited_angle
+from invdiff.tasks import Task, _measure, mri_operator
+from operators import ParallelBeamCT, RealToComplex, ellipse_image, limited_angle
 
 Z_SEED = 7919
 """Offset of the generator that draws the ellipsoids' extents along ``z``."""
@@ -181,8 +180,6 @@ def mri3d(
     else:
         raise ValueError(f"image: expected 'mri_brain' or 'phantom', got {image!r}")
     x = RealToComplex().AT(volume.to(torch.complex64)[:, None])
-    maps = torch.from_numpy(sigpy.mri.birdcage_maps((coils, size, size))).to(torch.complex64)
-    mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
-    op = MultiCoilMRI(maps, mask) @ RealToComplex()
+    op = mri_operator(size, coils, acceleration, center_fraction, mask_kind, seed)
     return Task("mri3d", x, op, _measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30},
                 is_complex=True)
