@@ -110,7 +110,9 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a temporary name beside ``path``, then rename it over ``path``: readers see the
+    old file or the whole new one, never a partial one; the temporary file is removed on failure."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
@@ -124,13 +126,13 @@ def save_result(result: Result, task: Task, run_dir: Path, config_yaml: str) -> 
     from invdiff.figures import comparison_figure
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "reconstruction.npy", lambda p: np.save(p.open("wb"), task.array(result.x_hat)))
-    _atomic_write(run_dir / "baseline.npy", lambda p: np.save(p.open("wb"), task.array(result.x_baseline)))
-    _atomic_write(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(result.metrics, indent=2) + "\n"))
-    _atomic_write(run_dir / "config.yaml", lambda p: p.write_text(config_yaml))
+    atomic_write(run_dir / "reconstruction.npy", lambda p: np.save(p.open("wb"), task.array(result.x_hat)))
+    atomic_write(run_dir / "baseline.npy", lambda p: np.save(p.open("wb"), task.array(result.x_baseline)))
+    atomic_write(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(result.metrics, indent=2) + "\n"))
+    atomic_write(run_dir / "config.yaml", lambda p: p.write_text(config_yaml))
     middle = task.x_true.shape[0] // 2  # the middle slice of a volume, the image of a 2D task
     images = [task.image(t)[middle] for t in (task.x_true, result.x_baseline, result.x_hat)]
-    _atomic_write(
+    atomic_write(
         run_dir / "figure.png",
         lambda p: comparison_figure(
             *images,

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from invdiff.benchmarks.common import markdown_table
 from invdiff.metrics import sliced_wasserstein
+from invdiff.pipeline import atomic_write
 from invdiff.priors.gmm import GaussianMixture
 from operators.base import Matrix
 
@@ -275,15 +276,6 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    tmp.replace(path)
-
-
 def _csv_text(rows: Sequence[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -431,10 +423,10 @@ def gmm_benchmark(
               "num_samples": num_samples, "projections": projections, "floor_repeats": floor_repeats, "p": p,
               "spacing": spacing, "half_width": half_width, "run": list(run),
               "samplers": {n: samplers[n] for n in run}}
-    _write_atomic(out / "gmm.csv", _csv_text(rows))
-    _write_atomic(out / "gmm.json", json.dumps(_json_safe(
-        {"config": config, "seconds": total, "problems": problems, "rows": rows, "summary": summary}), indent=1))
-    _write_atomic(out / "gmm.png", plot(summary, list(dims)))
+    atomic_write(out / "gmm.csv", lambda path: path.write_text(_csv_text(rows)))
+    record = {"config": config, "seconds": total, "problems": problems, "rows": rows, "summary": summary}
+    atomic_write(out / "gmm.json", lambda path: path.write_text(json.dumps(_json_safe(record), indent=1)))
+    atomic_write(out / "gmm.png", lambda path: path.write_bytes(plot(summary, list(dims))))
     return "\n".join([
         f"### Exact GMM posteriors (MCGDiff setup): sliced W{p} to {num_samples} exact samples, "
         f"{projections} directions",
