@@ -9,69 +9,58 @@ finite ensemble. ``y`` holds ``B`` independent problems; the state holds ``B * N
 problem-major, and no operation mixes particles of different problems.
 
 **Ensemble sampler** (:func:`sample_smc_ensemble`), after the approximation-free ensemble
-sampler of Chen, Ren, Min, Ying and Izzo (2025). In the variance-exploding parameterisation
-with :math:`u = \sigma^2` as time, the prior marginals :math:`p_u` solve the heat equation
-:math:`\partial_u p_u = \tfrac12 \Delta p_u`. Take the path of tilted marginals
+sampler of Chen, Ren, Min, Ying and Izzo (2025): particles follow the reverse SDE of the prior
+plus a likelihood drift, carry weights that correct for the drift, and are resampled on low
+ESS; one network evaluation per step and no gradient through the network. The path is tilted
+marginals :math:`q_u(x) \propto p_u(x)\, h_u(x)` with :math:`u = \sigma^2` (variance-exploding
+time), :math:`c_u = \sigma_d^2 / (\sigma_d^2 + u)` and :math:`v_u = s^2 + \kappa\, u\, c_u`, the
+exact :math:`p(y \mid x_u)` of a Gaussian prior of per-pixel spread :math:`\sigma_d` (``data_std``;
+``None`` is the flat limit :math:`c_u = 1`). ``kappa`` defaults to :math:`\|A\|^2` (power
+iteration). Two tilts, by ``tilt``:
 
-.. math::
-    q_u(x) \propto p_u(x)\, L_u(x), \qquad
-    L_u(x) = \mathcal N\big(y;\ A x,\ v_u I\big), \qquad v_u = s^2 + \kappa u,
+* ``"denoised"`` (default): :math:`h_u(x) = \mathcal N\big(y;\ A D(x, \sigma),\ v_u I\big)`, the
+  likelihood of the denoised estimate, close to the true :math:`p(y \mid x_u)` on multimodal
+  priors. A step from :math:`\sigma` to :math:`\sigma'` draws from the ancestral kernel of the
+  prior, :math:`\mathcal N(m, \tau I)` with :math:`m = x + (1 - u'/u)(D(x, \sigma) - x)`,
+  :math:`\tau = (u - u') u'/u`, shifted by the likelihood drift :math:`\tau g`,
+  :math:`g = c_u A^T (y - A D(x, \sigma)) / v_u`: the gradient of :math:`\log h_u` with the
+  denoiser's Jacobian replaced by its Gaussian-prior value :math:`c_u I`, so nothing is
+  differentiated. The weights are the exact importance ratio of the move,
+  :math:`w' = w\, p(x' \mid x)\, h_{u'}(x') / (q(x' \mid x)\, h_u(x))`, so the Jacobian
+  approximation costs variance, not bias; the last step uses the exact likelihood.
+* ``"state"``: :math:`h_u(x) = \mathcal N(y;\ c_u A x,\ v_u I)`, the tilt on the noisy state, in
+  continuous time. Substituting :math:`p_u = q_u Z_u / h_u` into the heat equation
+  :math:`\partial_u p_u = \tfrac12 \Delta p_u` gives a Fokker-Planck equation with a reaction
+  term: particles follow :math:`dX = (\nabla \log p_u + \nabla \log h_u)\, d\bar u + d\bar W`
+  (Euler-Maruyama) while their log-weights integrate
 
-which is the posterior at :math:`u = 0` and, since :math:`L_u` flattens as :math:`u` grows, the
-prior at the top of the schedule. Substituting :math:`p_u = q_u Z_u / L_u` into the heat
-equation gives, in reverse time, a Fokker-Planck equation with a reaction term: particles follow
-the reverse SDE of the prior *plus a likelihood drift*,
+  .. math::
+      d \log w = \Big(\nabla \log p_u \cdot \nabla \log h_u + \tfrac12 \|\nabla \log h_u\|^2
+          + \tfrac12 \Delta \log h_u\Big)\, d\bar u - \partial_u \log h_u\, d\bar u
 
-.. math::
-    dX = \big(\nabla \log p_u(X) + \nabla \log L_u(X)\big)\, d\bar u + d\bar W,
-
-while their log-weights integrate
-
-.. math::
-    d \log w = \Big(\nabla \log p_u \cdot \nabla \log L_u
-        + \tfrac12 \|\nabla \log L_u\|^2 + \tfrac12 \Delta \log L_u\Big)\, d\bar u
-        - \partial_u \log L_u\, d\bar u .
-
-Nothing in this uses the intractable likelihood of a noisy image, :math:`p(y \mid x_u)`: the
-prior score comes from the denoiser, :math:`\nabla \log p_u(x) = (D(x, \sigma) - x)/\sigma^2`,
-and :math:`L_u` is explicit. For a linear operator :math:`\Delta \log L_u = -\operatorname{tr}(A^T A)/v_u`
-is the same for every particle and drops out of the normalised weights. A step from
-:math:`u` to :math:`u' < u` (:math:`\Delta = u - u'`) is the Euler-Maruyama step of the SDE; the
-weights take the trapezoidal rule along the move, the rate at both ends and, for the last term,
-:math:`\log L_{u'} - \log L_u` at fixed :math:`x` averaged over both ends (a left-point rule
-biased the mode masses of a two-mode test by 0.3 at 200 steps). ``kappa`` defaults to :math:`\|A\|^2` (power iteration), which
-bounds the data-space variance of :math:`A x_u` given :math:`x_0`, keeps the likelihood drift
-stable (:math:`\Delta \|A\|^2 / v_u < 1`) and makes the path start at the prior. With
-``data_std`` :math:`\sigma_d` the tilt becomes :math:`L_u(x) = \mathcal N(y;\ c_u A x,\ (s^2 + \kappa u c_u) I)`,
-:math:`c_u = \sigma_d^2/(\sigma_d^2 + u)`: the exact :math:`p(y \mid x_u)` of a Gaussian prior of that
-spread, closer to the true one, so the weights vary less (about half the resampling steps on the
-Gaussian-mixture benchmark); it starts flat too and stays stable. One network evaluation per
-step, no gradient through the network. Linear operators with Gaussian noise.
-
-The weights' variance is this sampler's cost: the tilt sees the noisy state :math:`A x_u`, not a
-denoised estimate, so on multimodal posteriors the mode masses converge slowly with the number of
-particles (``BENCHMARKS.md``, ``benchmark=gmm``), where the twisted sampler below, whose twists use
-:math:`A \hat x_0(x_u)` at the price of a gradient through the network, reaches the exact-sample floor.
+  (the Laplacian is the same for every particle and drops out), by the trapezoidal rule along
+  the move; the last term is :math:`\log h_{u'} - \log h_u` at fixed :math:`x` averaged over both
+  ends (a left-point rule biased the mode masses of a two-mode test by 0.3 at 200 steps).
+  Everything is explicit, but the tilt sees :math:`A x_u`, not a denoised estimate, so the
+  weights vary far more: on the Gaussian-mixture benchmark (``BENCHMARKS.md``,
+  ``benchmark=gmm``) it stays 2-3x above the exact-sample floor where ``"denoised"`` reaches it.
 
 How this follows the paper: particles follow the reverse SDE with a likelihood drift and carry
-weights from a Feynman-Kac correction, resampled on low ESS. The intermediate likelihood with
-the inflated variance :math:`v_u` and the step rules above are written out here from the
-derivation; where the paper's published path or discretisation differs, this one is what runs.
+importance weights, resampled on low ESS, with no approximation of the target. The tilts, the
+Gaussian-Jacobian drift and the step rules above are written out here from the derivation; where
+the paper's published path or discretisation differs, this one is what runs.
 
 **Twisted diffusion sampler** (:func:`sample_tds`; Wu, Trippe, Naesseth, Blei, Cunningham,
-NeurIPS 2023), the established SMC sampler it is compared with. Twisting functions
-:math:`\tilde p_k(y \mid x_k) = \mathcal N(y;\ \mathcal A(\hat x_0(x_k)),\ (s^2 + \kappa r_k^2) I)`
-with :math:`r_k^2 = \sigma_k^2 \sigma_d^2 / (\sigma_k^2 + \sigma_d^2)`, the spread of :math:`x_0`
-given :math:`x_k` for data of standard deviation :math:`\sigma_d` (``data_std``, 1 by default),
-and the exact likelihood at :math:`\sigma = 0`; proposals are the ancestral step shifted by its
-variance times :math:`\nabla_{x_k} \log \tilde p_k` (through the network, as in DPS); weights
-:math:`w_{k+1} = p(x_{k+1} \mid x_k)\, \tilde p_{k+1}(y \mid x_{k+1}) / \big(q(x_{k+1} \mid x_k)\, \tilde p_k(y \mid x_k)\big)`.
-The paper's twisting variance is the measurement's alone; the :math:`\kappa r_k^2` term is added
-here so that the early twists are not sharper than the information in a noisy :math:`x_k`
-(the final target is unchanged). ``data_std`` matters: on the 25-mode Gaussian mixture of
-``benchmark=gmm`` (per-coordinate std about 11) the default of 1 makes the twists far too sharp
-(ESS collapses, mode weights drift) and the prior's std brings TDS to the exact-sample floor.
-Works with nonlinear operators.
+NeurIPS 2023), the established SMC sampler it is compared with: the same twisting functions as
+the denoised tilt, :math:`\tilde p_k(y \mid x_k) = \mathcal N(y;\ \mathcal A(\hat x_0(x_k)),\ v_k I)`,
+but the proposal's shift is the exact gradient :math:`\nabla_{x_k} \log \tilde p_k`, through the
+network as in DPS (about three times the cost of a step and the memory of a backward pass); works
+with nonlinear operators. The paper's twisting variance is the measurement's alone; the
+:math:`\kappa u c_u` term is added here so that the early twists are not sharper than the
+information in a noisy :math:`x_k` (the final target is unchanged). ``data_std`` matters for both
+samplers: on the 25-mode Gaussian mixture of ``benchmark=gmm`` (per-coordinate std about 11) the
+default of 1 makes the twists far too sharp (ESS collapses, mode weights drift) and the prior's
+std brings both to the exact-sample floor.
 
 Resampling is systematic, one uniform per problem drawn at every step (whether or not a
 problem resamples), so a problem's particles depend only on its own measurement and the seed.
@@ -81,7 +70,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -221,6 +210,83 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(1)
 
 
+TILTS = ("denoised", "state")
+
+
+def _gaussian_tilt(u: float, noise_std: float, kappa: float, data_std: float | None) -> tuple[float, float]:
+    r""":math:`(c_u, v_u)`: the scale of the mean and the variance of the tilts (module docstring)."""
+    c = 1.0 if data_std is None else data_std**2 / (data_std**2 + u)
+    return c, noise_std**2 + kappa * u * c
+
+
+Twist = Callable[[Tensor, float], tuple[Tensor, Tensor, Tensor]]
+
+
+def _twisted_smc(
+    name: str,
+    twist: Twist,
+    op: Operator,
+    ys: Tensor,
+    noise_std: float,
+    x: Tensor,
+    ensemble: Ensemble,
+    sigma_list: list[float],
+    *,
+    ess_threshold: float,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+    r"""Twisted ancestral proposals with exact importance weights, from ``x`` at ``sigma_list[0]``.
+
+    Args:
+        twist: ``(x, sigma) -> (x0_hat, log_h, grad)``: the denoised estimate, the log-twist
+            ``(B * N,)`` and the proposal's shift direction (an exact or approximate gradient of
+            the log-twist) at ``sigma > 0``; at ``sigma = 0`` the exact likelihood is used.
+        ys: the measurements repeated per particle, ``(B * N, ...)``.
+
+    Returns:
+        ``(x, log_w, ess_history, resampled_count)``.
+    """
+    device = x.device
+    log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
+    ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
+    with torch.no_grad():
+        # 1. Twist at the top: importance weights of the prior draws.
+        x0_hat, log_h, grad = twist(x, sigma_list[0])
+        log_w = log_w + ensemble.grouped(log_h).double()
+        for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
+            u, u_next = sigma**2, sigma_next**2
+            ess = effective_sample_size(log_w)
+            ess_history.append(ess)
+            emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess)
+            # 2. Resample (with everything computed at the particles) when the ESS is low.
+            log_w, resampled, (x, x0_hat, log_h, grad) = ensemble.maybe_resample(
+                log_w, ess_threshold, generator, x, x0_hat, log_h, grad
+            )
+            resampled_count += resampled.long()
+            # 3. Twisted ancestral proposal.
+            mean = x + (1 - u_next / u) * (x0_hat - x)
+            var = (u - u_next) * u_next / u
+            noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+            x_next = mean + var * grad + math.sqrt(var) * noise
+            check_finite(x_next, name, i, sigma)
+            # 4. Next twist (the exact likelihood at sigma = 0) and the weight update.
+            if sigma_next > 0:
+                x0_next, log_h_next, grad_next = twist(x_next, sigma_next)
+            else:
+                x0_next, grad_next = x_next, torch.zeros_like(x_next)
+                log_h_next = -_sq_norm(ys - op.A(x_next)) / (2 * noise_std**2)
+            # log p(x'|x) - log q(x'|x) for N(mean, var) against N(mean + var grad, var)
+            if var > 0:
+                shift = x_next - mean
+                log_ratio = (_sq_norm(shift - var * grad) - _sq_norm(shift)) / (2 * var)
+            else:
+                log_ratio = torch.zeros_like(log_h)
+            log_w = log_w + ensemble.grouped(log_ratio + log_h_next - log_h).double()
+            x, x0_hat, log_h, grad = x_next, x0_next, log_h_next, grad_next
+    return x, log_w, ess_history, resampled_count
+
+
 NAME_ENSEMBLE = "sample_smc_ensemble"
 
 
@@ -234,27 +300,29 @@ def sample_smc_ensemble(
     generator: torch.Generator | None,
     num_particles: int = 16,
     ess_threshold: float = 0.5,
+    tilt: str = "denoised",
     kappa: float | None = None,
-    data_std: float | None = None,
+    data_std: float | None = 1.0,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
-    r"""Weighted ensemble on the tilted path :math:`p_u L_u` (module docstring).
+    r"""Weighted ensemble on the tilted path :math:`p_u h_u` (module docstring); no network gradient.
 
     Args:
         denoiser: the prior, :math:`D(x, \sigma)`.
         op: a :class:`~operators.base.LinearOperator`.
         y: ``B`` independent measurements, ``(B, ...)``.
         sigmas: ``(n + 1,)`` descending noise levels ending at 0; finer steps, smaller bias
-            (e.g. ``sigmas_vp(500)``).
+            (e.g. ``sigmas_vp(200)``).
         noise_std: the Gaussian measurement noise std ``s > 0``.
         generator: the source of all randomness.
         num_particles: particles per problem, ``N >= 2``.
         ess_threshold: resample a problem when its ESS drops below this fraction of ``N``.
-        kappa: the variance inflation of :math:`L_u`; default :math:`\|A\|^2`.
-        data_std: the prior's standard deviation per pixel :math:`\sigma_d`; with it
-            :math:`L_u(x) = \mathcal N(y;\ c_u A x,\ (s^2 + \kappa u c_u) I)`, :math:`c_u = \sigma_d^2 / (\sigma_d^2 + u)`
-            (module docstring), else the plain path :math:`c_u = 1`.
+        tilt: ``"denoised"`` (the likelihood of :math:`A D(x, \sigma)`, discrete importance weights)
+            or ``"state"`` (the likelihood of :math:`c_u A x`, continuous Feynman-Kac weights).
+        kappa: the variance inflation of the tilt; default :math:`\|A\|^2`.
+        data_std: the prior's standard deviation per pixel :math:`\sigma_d` in :math:`c_u` and
+            :math:`v_u`; ``None`` for :math:`c_u = 1`.
         shape: the shape of ``x`` per problem, ``(B, ...)``; default ``(B, *denoiser.shape)``.
         callback: called each step with ``i``, ``sigma``, ``x`` (all particles), ``x0_hat``,
             ``log_weights`` ``(B, N)`` and ``ess`` ``(B,)``.
@@ -263,44 +331,89 @@ def sample_smc_ensemble(
         ``(x, info)``: one particle per problem after resampling by the final weights, ``(B, ...)``,
         and ``info`` with ``nfe``, ``seconds``, ``particles`` ``(B, N, ...)`` (equally weighted after
         the final resampling), ``log_weights`` ``(B, N)`` (before it), ``ess`` (a ``(B,)`` tensor
-        per step, before resampling), ``resampled`` (steps that resampled, per problem) and ``kappa``.
+        per step, before resampling), ``resampled`` (steps that resampled, per problem), ``kappa``
+        and ``tilt``.
     """
     start = time.perf_counter()
     name = NAME_ENSEMBLE
     if not isinstance(op, LinearOperator):
         raise ValueError(
-            f"{name}: op: the ensemble sampler needs a LinearOperator (its weights use the Gaussian "
-            f"likelihood of A x), got {op!r}; use tds, dps or reddiff for nonlinear operators"
+            f"{name}: op: the ensemble sampler needs a LinearOperator (its likelihood drift uses the adjoint), "
+            f"got {op!r}; use tds, dps or reddiff for nonlinear operators"
         )
+    if tilt not in TILTS:
+        raise ValueError(f"{name}: tilt: expected one of {', '.join(TILTS)}, got {tilt!r}")
+    if data_std is not None and not data_std > 0:
+        raise ValueError(f"{name}: data_std: expected > 0 or None, got {data_std}")
     sigma_list, shape, device, dtype, kappa, ensemble = _prepare(
         name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa
     )
-    B, N = ensemble.B, ensemble.N
     ys = ensemble.repeat(y)
+    x = initial_noise(sigma_list[0], (ensemble.B * ensemble.N, *shape[1:]), generator=generator, device=device,
+                      dtype=dtype)
+    if tilt == "denoised":
 
-    def tilt(u: float) -> tuple[float, float]:
-        """``(c_u, v_u)``: the scale of ``A x`` and the variance in ``L_u``."""
-        c = 1.0 if data_std is None else data_std**2 / (data_std**2 + u)
-        return c, noise_std**2 + kappa * u * c
+        def twist(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
+            c, v = _gaussian_tilt(sigma**2, noise_std, kappa, data_std)
+            x0_hat = denoiser(x, sigma)
+            residual = ys - op.A(x0_hat)
+            return x0_hat, -_sq_norm(residual) / (2 * v), c * op.AT(residual) / v
+
+        x, log_w, ess, resampled = _twisted_smc(
+            name, twist, op, ys, noise_std, x, ensemble, sigma_list, ess_threshold=ess_threshold,
+            generator=generator, callback=callback,
+        )
+    else:
+        x, log_w, ess, resampled = _state_tilt_smc(
+            denoiser, op, ys, noise_std, x, ensemble, sigma_list, kappa=kappa, data_std=data_std,
+            ess_threshold=ess_threshold, generator=generator, callback=callback,
+        )
+    return _finish(
+        ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
+        ess=ess, resampled=resampled, kappa=kappa, tilt=tilt,
+    )
+
+
+def _state_tilt_smc(
+    denoiser: Denoiser,
+    op: LinearOperator,
+    ys: Tensor,
+    noise_std: float,
+    x: Tensor,
+    ensemble: Ensemble,
+    sigma_list: list[float],
+    *,
+    kappa: float,
+    data_std: float | None,
+    ess_threshold: float,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+    """The ensemble with the tilt on the noisy state, continuous-time weights (module docstring).
+
+    Returns:
+        ``(x, log_w, ess_history, resampled_count)``.
+    """
+    name = NAME_ENSEMBLE
 
     def log_lik(Ax: Tensor, u: float) -> Tensor:
-        """``log L_u(x)`` up to a constant, ``(B * N,)``, from ``A x``."""
-        c, v = tilt(u)
+        """``log h_u(x)`` up to a constant, ``(B * N,)``, from ``A x``."""
+        c, v = _gaussian_tilt(u, noise_std, kappa, data_std)
         return -_sq_norm(ys - c * Ax) / (2 * v)
 
     def integrand(x: Tensor, Ax: Tensor, x0_hat: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-        """The weight rate at ``(x, u)``, ``(B * N,)``, and the drift ``score + grad log L_u``."""
+        """The weight rate at ``(x, u)``, ``(B * N,)``, and the drift ``score + grad log h_u``."""
         u = sigma**2
-        c, v = tilt(u)
+        c, v = _gaussian_tilt(u, noise_std, kappa, data_std)
         score = (x0_hat - x) / u
         grad_ll = c * op.AT(ys - c * Ax) / v
         return _dot(score, grad_ll) + 0.5 * _sq_norm(grad_ll), score + grad_ll
 
-    x = initial_noise(sigma_list[0], (B * N, *shape[1:]), generator=generator, device=device, dtype=dtype)
-    log_w = torch.zeros(B, N, device=device, dtype=torch.float64)
-    ess_history, resampled_count = [], torch.zeros(B, dtype=torch.long, device=device)
+    device = x.device
+    log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
+    ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
     with torch.no_grad():
-        # 1. Importance weights of the prior draws for q_T = p_T L_T.
+        # 1. Importance weights of the prior draws for q_T = p_T h_T.
         Ax = op.A(x)
         log_w = log_w + ensemble.grouped(log_lik(Ax, sigma_list[0] ** 2)).double()
         x0_hat = denoiser(x, sigma_list[0])
@@ -318,11 +431,11 @@ def sample_smc_ensemble(
                 )
                 resampled_count += resampled.long()
             # 3. Euler-Maruyama step of the reverse SDE: prior score plus likelihood drift.
-            noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
+            noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
             x_next = x + delta * drift + math.sqrt(delta) * noise
             check_finite(x_next, name, i, sigma)
             # 4. Feynman-Kac weight over [u', u], trapezoidal along the move: the rate term at
-            # both ends, and the change of L_u at fixed x averaged over both ends.
+            # both ends, and the change of h_u at fixed x averaged over both ends.
             Ax_next = op.A(x_next)
             if sigma_next > 0:
                 x0_next = denoiser(x_next, sigma_next)
@@ -333,10 +446,7 @@ def sample_smc_ensemble(
             increment = delta * (rate + rate_next) / 2 + dlog_l
             log_w = log_w + ensemble.grouped(increment).double()
             x, Ax, x0_hat, rate, drift = x_next, Ax_next, x0_next, rate_next, drift_next
-    return _finish(
-        ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
-        ess=ess_history, resampled=resampled_count, kappa=kappa,
-    )
+    return x, log_w, ess_history, resampled_count
 
 
 NAME_TDS = "sample_tds"
@@ -353,7 +463,7 @@ def sample_tds(
     num_particles: int = 16,
     ess_threshold: float = 0.5,
     kappa: float | None = None,
-    data_std: float = 1.0,
+    data_std: float | None = 1.0,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
@@ -368,10 +478,10 @@ def sample_tds(
         generator: the source of all randomness.
         num_particles: particles per problem, ``N >= 2``.
         ess_threshold: resample a problem when its ESS drops below this fraction of ``N``.
-        kappa: the weight of :math:`r_k^2` in the twisting variance; default :math:`\|A\|^2` for
+        kappa: the weight of :math:`u c_u` in the twisting variance; default :math:`\|A\|^2` for
             linear operators and 1 otherwise.
-        data_std: the prior's standard deviation per pixel :math:`\sigma_d` in the spread of
-            :math:`x_0` given :math:`x_k`, :math:`r_k^2 = \sigma_k^2 \sigma_d^2 / (\sigma_k^2 + \sigma_d^2)`.
+        data_std: the prior's standard deviation per pixel :math:`\sigma_d` in
+            :math:`v_u = s^2 + \kappa u \sigma_d^2 / (\sigma_d^2 + u)`; ``None`` for :math:`s^2 + \kappa u`.
         shape: the shape of ``x`` per problem, ``(B, ...)``.
         callback: called each step with ``i``, ``sigma``, ``x``, ``x0_hat``, ``log_weights``, ``ess``.
 
@@ -380,15 +490,16 @@ def sample_tds(
     """
     start = time.perf_counter()
     name = NAME_TDS
+    if data_std is not None and not data_std > 0:
+        raise ValueError(f"{name}: data_std: expected > 0 or None, got {data_std}")
     sigma_list, shape, device, dtype, kappa, ensemble = _prepare(
         name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa
     )
-    B, N = ensemble.B, ensemble.N
     ys = ensemble.repeat(y)
 
     def twist(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
         """``D(x, sigma)``, ``log p~(y | x)`` ``(B * N,)`` and its gradient in ``x``."""
-        v = noise_std**2 + kappa * sigma**2 * data_std**2 / (sigma**2 + data_std**2)
+        _, v = _gaussian_tilt(sigma**2, noise_std, kappa, data_std)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             x0_hat = denoiser(x_in, sigma)
@@ -396,44 +507,13 @@ def sample_tds(
             (grad,) = torch.autograd.grad(log_twist.sum(), x_in)
         return x0_hat.detach(), log_twist.detach(), grad
 
-    x = initial_noise(sigma_list[0], (B * N, *shape[1:]), generator=generator, device=device, dtype=dtype)
-    log_w = torch.zeros(B, N, device=device, dtype=torch.float64)
-    ess_history, resampled_count = [], torch.zeros(B, dtype=torch.long, device=device)
-    # 1. Twist at the top: importance weights of the prior draws.
-    x0_hat, log_twist, grad = twist(x, sigma_list[0])
-    log_w = log_w + ensemble.grouped(log_twist).double()
-    for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
-        u, u_next = sigma**2, sigma_next**2
-        ess = effective_sample_size(log_w)
-        ess_history.append(ess)
-        emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess)
-        # 2. Resample (with everything computed at the particles) when the ESS is low.
-        log_w, resampled, (x, x0_hat, log_twist, grad) = ensemble.maybe_resample(
-            log_w, ess_threshold, generator, x, x0_hat, log_twist, grad
-        )
-        resampled_count += resampled.long()
-        # 3. Twisted ancestral proposal.
-        mean = x + (1 - u_next / u) * (x0_hat - x)
-        var = (u - u_next) * u_next / u
-        noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
-        x_next = mean + var * grad + math.sqrt(var) * noise
-        # 4. Next twist (the exact likelihood at sigma = 0) and the weight update.
-        if sigma_next > 0:
-            x0_next, log_twist_next, grad_next = twist(x_next, sigma_next)
-        else:
-            x0_next, grad_next = x_next, torch.zeros_like(x_next)
-            with torch.no_grad():
-                log_twist_next = -_sq_norm(ys - op.A(x_next)) / (2 * noise_std**2)
-        # log p(x'|x) - log q(x'|x) for N(mean, var) against N(mean + var grad, var)
-        if var > 0:
-            shift = x_next - mean
-            log_ratio = (_sq_norm(shift - var * grad) - _sq_norm(shift)) / (2 * var)
-        else:
-            log_ratio = torch.zeros_like(log_twist)
-        log_w = log_w + ensemble.grouped(log_ratio + log_twist_next - log_twist).double()
-        x, x0_hat, log_twist, grad = x_next.detach(), x0_next, log_twist_next, grad_next
-        check_finite(x, name, i, sigma)
+    x = initial_noise(sigma_list[0], (ensemble.B * ensemble.N, *shape[1:]), generator=generator, device=device,
+                      dtype=dtype)
+    x, log_w, ess, resampled = _twisted_smc(
+        name, twist, op, ys, noise_std, x, ensemble, sigma_list, ess_threshold=ess_threshold,
+        generator=generator, callback=callback,
+    )
     return _finish(
         ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
-        ess=ess_history, resampled=resampled_count, kappa=kappa,
+        ess=ess, resampled=resampled, kappa=kappa,
     )

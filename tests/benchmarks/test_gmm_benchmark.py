@@ -130,7 +130,10 @@ def test_benchmark_end_to_end(tmp_path, monkeypatch):
     with open(tmp_path / "gmm.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10 and list(rows[0]) == CSV_FIELDS
-    assert {(r["sampler"], r["population"]) for r in rows}  # no "elsewhere": it runs at d = 6 only == {("dps", "chains"), ("exact", "chains"), ("smc", "particles")}
+    # no "elsewhere": it runs at d = 6 only
+    assert {(r["sampler"], r["population"]) for r in rows} == {
+        ("dps", "chains"), ("exact", "chains"), ("smc", "particles")
+    }
     # JSON: config, problems, rows and summary; exact samplers score about the floor, DPS far above.
     data = json.loads((tmp_path / "gmm.json").read_text())
     assert set(data) == {"config", "seconds", "problems", "rows", "summary"}
