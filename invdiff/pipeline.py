@@ -8,7 +8,6 @@ directory. ``scripts/reconstruct.py`` only turns the Hydra config into those obj
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invdiff.fileio import atomic_write
 from invdiff.metrics import METRICS
 from invdiff.priors.base import Denoiser
 from invdiff.samplers import BASELINES, get_sampler
@@ -108,17 +108,6 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{run_dir}: already holds {', '.join(existing)}; choose another hydra.run.dir or pass overwrite=true"
         )
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary name beside ``path``, then rename it over ``path``: readers see the
-    old file or the whole new one, never a partial one; the temporary file is removed on failure."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_result(result: Result, task: Task, run_dir: Path, config_yaml: str) -> None:

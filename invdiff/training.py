@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from invdiff.fileio import atomic_write
 from invdiff.priors.adapters import EDMDenoiser
 
 
@@ -80,9 +80,7 @@ def _draw(data: Tensor, cfg: TrainConfig, g: torch.Generator, device: torch.devi
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def train(

@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from invdiff.benchmarks import BENCHMARKS
+from invdiff.fileio import atomic_write_text
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
@@ -18,9 +19,7 @@ def main(cfg: DictConfig) -> None:
     print(report)
     if cfg.output:
         path = Path(hydra.utils.to_absolute_path(cfg.output))
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(report + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, report + "\n")
 
 
 if __name__ == "__main__":

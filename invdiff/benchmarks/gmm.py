@@ -45,7 +45,7 @@ from torch import Tensor
 
 from invdiff.benchmarks.common import markdown_table
 from invdiff.metrics import sliced_wasserstein
-from invdiff.pipeline import atomic_write
+from invdiff.fileio import atomic_write
 from invdiff.priors.gmm import GaussianMixture
 from operators.base import Matrix
 

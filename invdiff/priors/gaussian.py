@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from invdiff.fileio import atomic_write
 from invdiff.priors.base import Denoiser, as_sigma
 
 
@@ -124,9 +125,7 @@ def save_gaussian(prior: LowRankGaussian, path: str | Path) -> None:
     """Write ``prior`` to ``path`` (via a temporary file, so a crash leaves no partial file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(prior.state(), tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(prior.state(), tmp))
 
 
 def load_gaussian(path: str | Path) -> LowRankGaussian:
