@@ -1,5 +1,10 @@
-"""Run a benchmark and print its table: ``python scripts/benchmark.py benchmark=operators``."""
+"""Run a benchmark and print its table: ``python scripts/benchmark.py benchmark=operators``.
 
+The batch benchmarks (``benchmark=mri``, ``benchmark=ct``) also take ``data.root``, ``shard`` and
+``num_shards`` (or run under ``torchrun``, one shard per rank).
+"""
+
+import inspect
 from pathlib import Path
 
 import hydra
@@ -15,11 +20,17 @@ def main(cfg: DictConfig) -> None:
     name = params.pop("name")
     if name not in BENCHMARKS:
         raise ValueError(f"benchmark.name: expected one of {sorted(BENCHMARKS)}, got {name!r}")
-    report = BENCHMARKS[name](**params)
+    fn = BENCHMARKS[name]
+    accepted = inspect.signature(fn).parameters
+    if "data" in accepted:
+        params["data"] = {**OmegaConf.to_container(cfg.data, resolve=True), "data_root": cfg.data_root}
+    for key in ("shard", "num_shards"):
+        if key in accepted:
+            params[key] = cfg[key]
+    report = fn(**params)
     print(report)
     if cfg.output:
-        path = Path(hydra.utils.to_absolute_path(cfg.output))
-        atomic_write_text(path, report + "\n")
+        atomic_write_text(Path(hydra.utils.to_absolute_path(cfg.output)), report + "\n")
 
 
 if __name__ == "__main__":

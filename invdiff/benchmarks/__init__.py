@@ -6,11 +6,14 @@ from invdiff.benchmarks.mbir import mbir_benchmark
 from invdiff.benchmarks.operators import operator_benchmark
 from invdiff.benchmarks.reconstruction import reconstruction_benchmark
 from invdiff.benchmarks.samplers import sampler_benchmark
+from invdiff.benchmarks.volumes import ct_benchmark, mri_benchmark
 
 BENCHMARKS = {
+    "ct": ct_benchmark,
     "denoising": denoising_benchmark,
     "gmm": gmm_benchmark,
     "mbir": mbir_benchmark,
+    "mri": mri_benchmark,
     "operators": operator_benchmark,
     "reconstruction": reconstruction_benchmark,
     "samplers": sampler_benchmark,

@@ -1,0 +1,546 @@
+r"""Batch reconstruction over a folder of volumes: resumable, sharded, with fastMRI-convention metrics.
+
+A batch runs every *method* (a posterior sampler with its prior, or a classical baseline) on every
+slice of every volume of a folder, under each *setting* (an acceleration, a number of views), and
+scores each reconstruction against the volume's reference in fastMRI's conventions
+(``fastmri/evaluate.py``):
+
+* NMSE :math:`\|gt - pred\|^2 / \|gt\|^2` over the volume;
+* PSNR with the data range the maximum of the reference *volume*;
+* SSIM per slice (7 x 7 window) with the same data range, averaged over the slices;
+
+all on the reconstruction-size centre crop. Per slice, a row is appended to the shard's CSV as
+soon as the slice is done (``rows/shard-<i>-of-<n>.csv``); the summary (``summary.json``,
+``summary.md``, the merged ``rows.csv``) holds each volume's metrics, computed from the rows,
+and their mean and standard deviation over the volumes. Reconstructions go to fastMRI's
+submission layout: ``reconstructions/<setting>/<method>/<volume>.h5``, one float32 dataset
+``reconstruction`` ``(slices, h, w)`` per volume, assembled once all its slices are done.
+
+**Resume.** A slice's reconstruction is written (atomically) before its row, and a row is one
+``write`` of a whole line followed by ``fsync``. A restarted run on the same folder reads every
+shard's rows, drops a torn last line, and skips the ``(setting, method, volume, slice)`` keys it
+finds, so it redoes at most the slices in flight when it was killed. Every random choice is
+seeded from the run's seed and the slice's key, never from the order of work, so a resumed run,
+a sharded one and a single one give the same rows (bar the timings).
+
+**Shards.** The work is a list of ``(volume, slice, setting)`` problems in a fixed order; shard
+``i`` of ``n`` takes every ``n``-th one from ``i``. Under ``torchrun`` (``WORLD_SIZE > 1``) the
+shard is the rank: each rank runs its share, all meet at a barrier and rank 0 merges. Under a
+cluster launcher (Hydra's submitit launcher, one job per ``shard=i num_shards=n``) each job
+merges when it finishes, under a file lock, so the last one to finish writes the complete
+summary. ``merge`` rebuilds the summary from whatever rows are there.
+
+**Bad input.** A volume that cannot be read is reported (``summary.json["skipped"]`` and the
+log) and skipped; a method that fails on a slice (a ``ValueError``, a divergence) leaves a row
+with its error, which the summary counts as failed and leaves out of the means.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+from invdiff.fileio import atomic_write, atomic_write_text
+from invdiff.metrics import ssim
+
+log = logging.getLogger(__name__)
+
+ROW_FIELDS = [
+    "setting", "method", "volume", "slice", "nfe", "seconds", "psnr", "ssim", "nmse",
+    "sq_error", "sq_reference", "pixels", "data_max", "error",
+]
+"""Columns of the per-slice CSV. ``sq_error``, ``sq_reference`` and ``pixels`` make the volume's
+NMSE and PSNR exact sums over its slices; ``data_max`` is the reference volume's maximum."""
+
+KEY = ("setting", "method", "volume", "slice")
+
+
+# --------------------------------------------------------------------------------------------
+# What a dataset and a method provide
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SliceProblem:
+    """One slice under one setting, ready for a method.
+
+    Attributes:
+        op: the forward operator, on the model's scale.
+        y: the measurement, ``(1, ...)``.
+        noise_std: the measurement's noise std on the model's scale.
+        target: the reference image, ``(h, w)`` float, in the data's units.
+        to_image: maps a reconstruction ``(1, ...)`` in the operator's domain to an ``(h, w)``
+            array in the data's units (magnitude, crop, undoing the scaling).
+    """
+
+    op: Any
+    y: Tensor
+    noise_std: float
+    target: np.ndarray
+    to_image: Callable[[Tensor], np.ndarray]
+
+
+class Volume(Protocol):
+    """A readable volume: its name, slice count, reference maximum and per-slice problems."""
+
+    name: str
+    num_slices: int
+    data_max: float
+
+    def problem(self, index: int, setting: dict, *, generator: torch.Generator) -> SliceProblem: ...
+
+
+class Dataset(Protocol):
+    """A folder of volumes."""
+
+    def paths(self) -> list[Path]:
+        """The volume files, sorted."""
+
+    def open(self, path: Path) -> Volume:
+        """Read a volume's header; raise ``ValueError`` or ``OSError`` naming the file when it is bad."""
+
+
+Method = Callable[[SliceProblem, torch.Generator], tuple[Tensor, dict]]
+"""``(problem, generator) -> (x, info)`` with ``x`` in the operator's domain and ``info["nfe"]``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Rows: append, read, merge
+# --------------------------------------------------------------------------------------------
+
+
+def _row_key(row: dict) -> tuple:
+    return (str(row["setting"]), str(row["method"]), str(row["volume"]), int(row["slice"]))
+
+
+def read_rows(out_dir: Path) -> list[dict]:
+    """Every complete row of every shard's CSV under ``out_dir/rows``, one per key, sorted by key.
+
+    A torn last line (a run killed mid-write) and duplicate keys (a slice redone after a kill
+    between its row and the next) are dropped; the first complete row of a key wins.
+    """
+    rows: dict[tuple, dict] = {}
+    for path in sorted((out_dir / "rows").glob("shard-*.csv")):
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        for row in csv.DictReader(io.StringIO(text)):
+            if None in row or any(row.get(k) in (None, "") for k in KEY):
+                continue
+            rows.setdefault(_row_key(row), row)
+    return [_typed(rows[k]) for k in sorted(rows)]
+
+
+def _typed(row: dict) -> dict:
+    out = dict(row)
+    out["slice"] = int(row["slice"])
+    for k in ("nfe", "pixels"):
+        out[k] = int(float(row[k])) if row[k] not in ("", None) else 0
+    for k in ("seconds", "psnr", "ssim", "nmse", "sq_error", "sq_reference", "data_max"):
+        out[k] = float(row[k]) if row[k] not in ("", None) else math.nan
+    out["error"] = row.get("error") or ""
+    return out
+
+
+class RowWriter:
+    """Appends rows to one shard's CSV: a whole line per ``write``, flushed and synced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            text = path.read_text()
+            if text and not text.endswith("\n"):  # drop a torn last line before appending
+                atomic_write_text(path, text[: text.rfind("\n") + 1])
+        if not path.is_file() or path.stat().st_size == 0:
+            atomic_write_text(path, ",".join(ROW_FIELDS) + "\n")
+
+    def append(self, row: dict) -> None:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, ROW_FIELDS, lineterminator="\n").writerow({k: row.get(k, "") for k in ROW_FIELDS})
+        with self.path.open("a") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and summary
+# --------------------------------------------------------------------------------------------
+
+
+def slice_metrics(target: np.ndarray, pred: np.ndarray, data_max: float) -> dict:
+    """fastMRI's per-slice quantities: PSNR and SSIM with the volume's maximum, NMSE, and the
+    sums a volume's NMSE and PSNR are made of."""
+    target, pred = np.asarray(target, np.float64), np.asarray(pred, np.float64)
+    if target.shape != pred.shape:
+        raise ValueError(f"reconstruction: shape {pred.shape} differs from the reference's {target.shape}")
+    sq_error = float(np.sum((target - pred) ** 2))
+    sq_reference = float(np.sum(target**2))
+    pixels = target.size
+    mse = sq_error / pixels
+    return {
+        "psnr": float("inf") if mse == 0 else 10 * math.log10(data_max**2 / mse),
+        "ssim": ssim(target, pred, data_range=data_max),
+        "nmse": sq_error / sq_reference if sq_reference > 0 else math.nan,
+        "sq_error": sq_error,
+        "sq_reference": sq_reference,
+        "pixels": pixels,
+        "data_max": data_max,
+    }
+
+
+def volume_metrics(rows: Sequence[dict]) -> dict:
+    """One volume's metrics from its slice rows (fastMRI's ``evaluate.py`` on the whole volume)."""
+    sq_error = sum(r["sq_error"] for r in rows)
+    sq_reference = sum(r["sq_reference"] for r in rows)
+    pixels = sum(r["pixels"] for r in rows)
+    data_max = rows[0]["data_max"]
+    mse = sq_error / pixels
+    return {
+        "nmse": sq_error / sq_reference if sq_reference > 0 else math.nan,
+        "psnr": float("inf") if mse == 0 else 10 * math.log10(data_max**2 / mse),
+        "ssim": statistics.fmean(r["ssim"] for r in rows),
+        "slices": len(rows),
+        "seconds_per_slice": statistics.fmean(r["seconds"] for r in rows),
+        "nfe": max(r["nfe"] for r in rows),
+    }
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = list(values)
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(rows: Sequence[dict], expected_slices: dict[str, int] | None = None) -> dict:
+    """Per ``(setting, method)``: each volume's metrics and their mean and std over the volumes.
+
+    Args:
+        rows: the slice rows (:func:`read_rows`).
+        expected_slices: ``{volume: slices}``; a volume with fewer good rows is marked incomplete.
+
+    Returns:
+        ``{"methods": [...], "failed": [...]}``: per ``(setting, method)`` the ``volumes``
+        (``{name: metrics}``), the overall ``psnr``, ``ssim``, ``nmse`` means and stds, ``nfe``,
+        ``seconds_per_slice``, ``slices`` and ``failed`` counts; and every failed row's key and error.
+    """
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    failed = []
+    for row in rows:
+        if row["error"]:
+            failed.append({k: row[k] for k in (*KEY, "error")})
+            continue
+        groups[(row["setting"], row["method"])][row["volume"]].append(row)
+    methods = []
+    for (setting, method), volumes in groups.items():
+        per_volume = {name: volume_metrics(vrows) for name, vrows in sorted(volumes.items())}
+        if expected_slices:
+            for name, metrics in per_volume.items():
+                metrics["complete"] = metrics["slices"] == expected_slices.get(name, metrics["slices"])
+        entry = {"setting": setting, "method": method, "volumes": per_volume}
+        for metric in ("psnr", "ssim", "nmse"):
+            entry[metric], entry[f"{metric}_std"] = _mean_std(m[metric] for m in per_volume.values())
+        all_rows = [r for vrows in volumes.values() for r in vrows]
+        entry["nfe"] = max(r["nfe"] for r in all_rows)
+        entry["seconds_per_slice"] = statistics.fmean(r["seconds"] for r in all_rows)
+        entry["slices"] = len(all_rows)
+        entry["failed"] = sum(1 for f in failed if f["setting"] == setting and f["method"] == method)
+        methods.append(entry)
+    return {"methods": methods, "failed": failed}
+
+
+def _order(summary_methods: list[dict], settings: Sequence[str], methods: Sequence[str]) -> list[dict]:
+    def rank(entry):
+        s = settings.index(entry["setting"]) if entry["setting"] in settings else len(settings)
+        m = methods.index(entry["method"]) if entry["method"] in methods else len(methods)
+        return s, m, entry["setting"], entry["method"]
+
+    return sorted(summary_methods, key=rank)
+
+
+def markdown_summary(summary: dict) -> str:
+    """The summary as a markdown table: mean ± std over volumes per setting and method."""
+    lines = [
+        "| setting | method | NFE | PSNR (dB) | SSIM | NMSE | s / slice | volumes | slices | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in summary["methods"]:
+        lines.append(
+            f"| {e['setting']} | {e['method']} | {e['nfe']} | {e['psnr']:.2f} ± {e['psnr_std']:.2f} | "
+            f"{e['ssim']:.3f} ± {e['ssim_std']:.3f} | {e['nmse']:.4f} ± {e['nmse_std']:.4f} | "
+            f"{e['seconds_per_slice']:.2f} | {len(e['volumes'])} | {e['slices']} | {e['failed']} |"
+        )
+    text = "\n".join(lines)
+    if summary.get("skipped"):
+        text += "\n\nSkipped files:\n" + "\n".join(f"- `{s['file']}`: {s['error']}" for s in summary["skipped"])
+    if summary.get("failed"):
+        text += f"\n\n{len(summary['failed'])} slice reconstructions failed (summary.json, `failed`)."
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Layout of a run folder
+# --------------------------------------------------------------------------------------------
+
+
+def slice_path(out_dir: Path, setting: str, method: str, volume: str, index: int) -> Path:
+    return out_dir / "slices" / setting / method / Path(volume).stem / f"{index:04d}.npy"
+
+
+def target_path(out_dir: Path, volume: str, index: int) -> Path:
+    return out_dir / "slices" / "reference" / Path(volume).stem / f"{index:04d}.npy"
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, np.asarray(array, dtype=np.float32))
+
+    atomic_write(path, write)
+
+
+def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: dict[str, int]) -> list[Path]:
+    """Write ``reconstructions/<setting>/<method>/<volume>.h5`` for every volume whose slices are all done."""
+    done: dict[tuple[str, str, str], set[int]] = defaultdict(set)
+    for row in rows:
+        if not row["error"]:
+            done[(row["setting"], row["method"], row["volume"])].add(row["slice"])
+    written = []
+    for (setting, method, volume), slices in sorted(done.items()):
+        n = expected_slices.get(volume)
+        if n is None or slices != set(range(n)):
+            continue
+        path = out_dir / "reconstructions" / setting / method / volume
+        if path.is_file():
+            continue
+        recon = np.stack([np.load(slice_path(out_dir, setting, method, volume, i)) for i in range(n)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path, recon=recon) -> None:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("reconstruction", data=recon.astype(np.float32))
+
+        atomic_write(path, write)
+        written.append(path)
+    return written
+
+
+@contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the run folder (``.lock``), so that concurrent mergers take turns."""
+    with (out_dir / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def merge(out_dir: Path, *, settings: Sequence[str] = (), methods: Sequence[str] = ()) -> dict:
+    """Merge every shard's rows into ``rows.csv``, ``summary.json`` and ``summary.md`` and write the
+    submission files of the complete volumes; the summary is returned.
+
+    The volumes' slice counts and the skipped files come from the shards' ``manifest-*.json``.
+    """
+    out_dir = Path(out_dir)
+    with _locked(out_dir):
+        expected: dict[str, int] = {}
+        skipped: dict[str, str] = {}
+        for path in sorted(out_dir.glob("rows/manifest-*.json")):
+            manifest = json.loads(path.read_text())
+            expected.update(manifest["volumes"])
+            skipped.update(manifest["skipped"])
+        rows = read_rows(out_dir)
+        summary = summarise(rows, expected)
+        summary["methods"] = _order(summary["methods"], list(settings), list(methods))
+        summary["skipped"] = [{"file": k, "error": v} for k, v in sorted(skipped.items())]
+        summary["volumes"] = expected
+        summary["rows"] = len(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, ROW_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ROW_FIELDS} for r in rows)
+        atomic_write_text(out_dir / "rows.csv", buffer.getvalue())
+        atomic_write_text(out_dir / "summary.json", json.dumps(_json_safe(summary), indent=1) + "\n")
+        atomic_write_text(out_dir / "summary.md", markdown_summary(summary) + "\n")
+        assemble_submission(out_dir, rows, expected)
+    return summary
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Shards and the run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    """Which share of the work this process does, and whether it is part of a torch.distributed group."""
+
+    index: int = 0
+    count: int = 1
+    distributed: bool = False
+    local_rank: int = 0
+
+
+def resolve_shard(shard: int = 0, num_shards: int = 1) -> Shard:
+    """The process's shard: the rank under ``torchrun`` (``WORLD_SIZE > 1``), else ``shard`` of ``num_shards``.
+
+    Under ``torchrun`` the ``gloo`` process group is joined here (``nccl`` is not needed: the
+    ranks only meet at barriers).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return Shard(dist.get_rank(), dist.get_world_size(), True, int(os.environ.get("LOCAL_RANK", "0")))
+    if not (isinstance(num_shards, int) and num_shards >= 1):
+        raise ValueError(f"num_shards: expected an integer >= 1, got {num_shards!r}")
+    if not (isinstance(shard, int) and 0 <= shard < num_shards):
+        raise ValueError(f"shard: expected an integer in [0, {num_shards}), got {shard!r}")
+    return Shard(shard, num_shards)
+
+
+def item_seed(seed: int, volume: str, index: int, setting: str) -> int:
+    """A seed from the run's seed and the slice's key alone (stable across processes and orders)."""
+    return zlib.crc32(f"{seed}/{volume}/{index}/{setting}".encode()) + 1_000_003 * seed
+
+
+@dataclass
+class BatchResult:
+    summary: dict
+    done: int = 0
+    skipped_items: int = 0
+    out_dir: Path = field(default_factory=Path)
+
+
+def run_batch(
+    dataset: Dataset,
+    methods: dict[str, Method],
+    settings: dict[str, dict],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    shard: Shard | None = None,
+    max_items: int | None = None,
+) -> BatchResult:
+    """Run ``methods`` on this shard's slices of ``dataset`` under ``settings``, resuming from ``out_dir``.
+
+    Args:
+        dataset: the folder of volumes.
+        methods: ``{name: method}``, in the order of the report.
+        settings: ``{name: options}`` passed to :meth:`Volume.problem`.
+        out_dir: the run folder; rows already there are kept and their slices skipped.
+        seed: the run's seed (mixed with each slice's key).
+        shard: this process's share (:func:`resolve_shard`); default all of it.
+        max_items: stop after this many new ``(volume, slice, setting)`` problems (for tests that
+            simulate a killed run).
+
+    Returns:
+        The merged summary (rank 0 of a torchrun group, or every cluster job) and counts.
+    """
+    shard = shard or Shard()
+    out_dir = Path(out_dir)
+    (out_dir / "rows").mkdir(parents=True, exist_ok=True)
+    done = {_row_key(r) for r in read_rows(out_dir)}
+    writer = RowWriter(out_dir / "rows" / f"shard-{shard.index}-of-{shard.count}.csv")
+
+    # 1. Every volume's header (all shards read all headers: cheap); bad files are reported.
+    volumes: list[Volume] = []
+    skipped: dict[str, str] = {}
+    for path in dataset.paths():
+        try:
+            volumes.append(dataset.open(path))
+        except (ValueError, OSError) as err:
+            log.warning("skipping %s: %s", path.name, err)
+            skipped[path.name] = str(err)
+    manifest = {"volumes": {v.name: v.num_slices for v in volumes}, "skipped": skipped}
+    atomic_write_text(out_dir / "rows" / f"manifest-{shard.index}-of-{shard.count}.json", json.dumps(manifest))
+
+    # 2. This shard's problems, in a fixed order; finished keys are skipped.
+    problems = [(v, i, s) for v in volumes for i in range(v.num_slices) for s in settings]
+    mine = problems[shard.index :: shard.count]
+    new = 0
+    for volume, index, setting in mine:
+        todo = [m for m in methods if (setting, m, volume.name, index) not in done]
+        if not todo:
+            continue
+        if max_items is not None and new >= max_items:
+            break
+        new += 1
+        generator = torch.Generator().manual_seed(item_seed(seed, volume.name, index, setting))
+        try:
+            problem = volume.problem(index, settings[setting], generator=generator)
+        except (ValueError, OSError) as err:  # a slice that cannot be read or prepared
+            log.warning("%s slice %d (%s): %s", volume.name, index, setting, err)
+            for method in todo:
+                writer.append({"setting": setting, "method": method, "volume": volume.name, "slice": index,
+                               "error": f"{type(err).__name__}: {err}"})
+            continue
+        _save_npy(target_path(out_dir, volume.name, index), problem.target)
+        for method in todo:
+            writer.append(_run_method(methods[method], method, problem, volume, index, setting, seed, out_dir))
+    if shard.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        summary = merge(out_dir, settings=list(settings), methods=list(methods)) if shard.index == 0 else {}
+        dist.barrier()
+    else:
+        summary = merge(out_dir, settings=list(settings), methods=list(methods))
+    return BatchResult(summary, new, len(skipped), out_dir)
+
+
+def _run_method(method_fn: Method, method: str, problem: SliceProblem, volume: Volume, index: int,
+                setting: str, seed: int, out_dir: Path) -> dict:
+    row = {"setting": setting, "method": method, "volume": volume.name, "slice": index}
+    generator = torch.Generator().manual_seed(item_seed(seed, volume.name, index, f"{setting}/{method}"))
+    start = time.perf_counter()
+    try:
+        x, info = method_fn(problem, generator)
+        image = problem.to_image(x)
+        if not np.all(np.isfinite(image)):
+            raise FloatingPointError("the reconstruction holds NaN or infinite values")
+    except (ValueError, FloatingPointError, RuntimeError) as err:
+        log.warning("%s slice %d %s %s: %s", volume.name, index, setting, method, err)
+        return {**row, "seconds": time.perf_counter() - start, "error": f"{type(err).__name__}: {err}"}
+    seconds = time.perf_counter() - start
+    _save_npy(slice_path(out_dir, setting, method, volume.name, index), image)
+    metrics = slice_metrics(problem.target, image, volume.data_max)
+    log.info("%s slice %d %s %s: PSNR %.2f SSIM %.3f in %.1f s", volume.name, index, setting, method,
+             metrics["psnr"], metrics["ssim"], seconds)
+    return {**row, **metrics, "nfe": int(info.get("nfe", 0)), "seconds": seconds}
