@@ -1,0 +1,183 @@
+"""Reports of a batch run folder (:mod:`invdiff.batch`): a markdown table and three figures.
+
+``python scripts/report.py <run folder>`` writes into the folder
+
+* ``report.md``: per setting and method, NFE, PSNR, SSIM and NMSE (mean ± std over volumes) and
+  seconds per slice;
+* ``psnr_vs_nfe.png``: PSNR against network evaluations per setting (baselines, at no NFE, as
+  horizontal lines);
+* ``seconds.png``: seconds per slice per method and setting (log scale);
+* ``examples.png``: one slice (the middle slice of the first volume) per setting and method,
+  beside the reference, with its PSNR.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from invdiff.batch import merge, slice_path, target_path
+from invdiff.fileio import atomic_write, atomic_write_text
+
+
+def load_summary(run_dir: Path) -> dict:
+    """The run's ``summary.json``, rebuilt from its rows first (so a report after a crash is current)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "rows").is_dir():
+        raise FileNotFoundError(f"run folder: {run_dir} has no rows/ folder; expected the out_dir of a batch benchmark")
+    existing = run_dir / "summary.json"
+    order = json.loads(existing.read_text())["methods"] if existing.is_file() else []
+    settings = list(dict.fromkeys(e["setting"] for e in order))
+    methods = list(dict.fromkeys(e["method"] for e in order))
+    return json.loads(json.dumps(merge(run_dir, settings=settings, methods=methods), default=str))
+
+
+def markdown_table(summary: dict) -> str:
+    """Per setting and method: NFE, PSNR, SSIM, NMSE (mean ± std over volumes), seconds per slice."""
+    lines = [
+        "| setting | method | NFE | PSNR (dB) | SSIM | NMSE | s / slice | volumes | slices |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in summary["methods"]:
+        lines.append(
+            f"| {e['setting']} | {e['method']} | {e['nfe']} | {_pm(e['psnr'], e['psnr_std'], 2)} | "
+            f"{_pm(e['ssim'], e['ssim_std'], 3)} | {_pm(e['nmse'], e['nmse_std'], 4)} | "
+            f"{e['seconds_per_slice']:.2f} | {len(e['volumes'])} | {e['slices']}{' (' + str(e['failed']) + ' failed)' if e['failed'] else ''} |"
+        )
+    text = "\n".join(lines) + "\n\nMeans ± standard deviations over volumes (fastMRI's per-volume metrics)."
+    if summary.get("skipped"):
+        text += " Skipped files: " + ", ".join(f"`{s['file']}`" for s in summary["skipped"]) + "."
+    return text
+
+
+def _pm(mean, std, digits: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_psnr_vs_nfe(summary: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(e["setting"] for e in summary["methods"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        entries = [e for e in summary["methods"] if e["setting"] == setting and e["psnr"] is not None]
+        for k, e in enumerate(entries):
+            colour = f"C{k % 10}"
+            if e["nfe"] > 0:
+                ax.errorbar([e["nfe"]], [e["psnr"]], yerr=[e["psnr_std"]], fmt="o", color=colour, label=e["method"])
+            else:
+                ax.axhline(e["psnr"], ls="--", color=colour, label=e["method"])
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(setting)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_seconds(summary: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(e["setting"] for e in summary["methods"]))
+    methods = list(dict.fromkeys(e["method"] for e in summary["methods"]))
+    seconds = {(e["setting"], e["method"]): e["seconds_per_slice"] for e in summary["methods"]}
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(methods) * max(1, len(settings) / 2) + 1))
+    height = 0.8 / len(settings)
+    for s, setting in enumerate(settings):
+        values = [seconds.get((setting, m), np.nan) for m in methods]
+        ax.barh(np.arange(len(methods)) + s * height, values, height=height, label=setting)
+    ax.set_yticks(np.arange(len(methods)) + 0.4 - height / 2)
+    ax.set_yticklabels(methods)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per slice")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_examples(run_dir: Path, summary: dict) -> bytes | None:
+    """The middle slice of the first volume per setting and method; ``None`` when nothing is saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    volumes = summary.get("volumes") or {}
+    if not volumes:
+        return None
+    volume = sorted(volumes)[0]
+    index = volumes[volume] // 2
+    reference_path = target_path(run_dir, volume, index)
+    if not reference_path.is_file():
+        return None
+    reference = np.load(reference_path)
+    settings = list(dict.fromkeys(e["setting"] for e in summary["methods"]))
+    methods = list(dict.fromkeys(e["method"] for e in summary["methods"]))
+    vmax = float(reference.max())
+    fig, axes = plt.subplots(len(settings), len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 2.0 * len(settings)),
+                             squeeze=False)
+    for r, setting in enumerate(settings):
+        axes[r][0].imshow(reference, cmap="gray", vmin=0, vmax=vmax)
+        axes[r][0].set_title("reference" if r == 0 else "", fontsize=8)
+        axes[r][0].set_ylabel(setting, fontsize=8)
+        for c, method in enumerate(methods, start=1):
+            path = slice_path(run_dir, setting, method, volume, index)
+            ax = axes[r][c]
+            if path.is_file():
+                image = np.load(path)
+                mse = float(np.mean((image - reference) ** 2))
+                psnr = 10 * math.log10(vmax**2 / mse) if mse > 0 else math.inf
+                ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
+                ax.set_title(f"{method}\n{psnr:.1f} dB", fontsize=7)
+            else:
+                ax.set_title(f"{method}\n(missing)", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{volume}, slice {index}", fontsize=9)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def write_report(run_dir: Path) -> str:
+    """Write ``report.md`` and the figures into ``run_dir``; return the markdown."""
+    run_dir = Path(run_dir)
+    summary = load_summary(run_dir)
+    if not summary["methods"]:
+        raise ValueError(f"run folder: {run_dir} holds no finished slices yet")
+    text = markdown_table(summary)
+    figures = {"psnr_vs_nfe.png": plot_psnr_vs_nfe(summary), "seconds.png": plot_seconds(summary),
+               "examples.png": plot_examples(run_dir, summary)}
+    for name, data in figures.items():
+        if data is not None:
+            atomic_write(run_dir / name, lambda tmp, data=data: tmp.write_bytes(data))
+    links = " ".join(f"![{name}]({name})" for name, data in figures.items() if data is not None)
+    atomic_write_text(run_dir / "report.md", text + "\n\n" + links + "\n")
+    return text

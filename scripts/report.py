@@ -1,0 +1,21 @@
+"""Report of a batch run folder: ``python scripts/report.py <run folder>``.
+
+Writes ``report.md``, ``psnr_vs_nfe.png``, ``seconds.png`` and ``examples.png`` into the folder
+(the ``out_dir`` of ``benchmark=mri`` or ``benchmark=ct``) and prints the markdown table.
+"""
+
+import argparse
+from pathlib import Path
+
+from invdiff.report import write_report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="the out_dir of a batch benchmark")
+    args = parser.parse_args()
+    print(write_report(args.run_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Batch benchmarks: kill and resume, shards, bad files, torchrun and the submitit launcher, fastMRI metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from invdiff.batch import ROW_FIELDS, Shard, read_rows, run_batch, slice_metrics, summarise
+from invdiff.benchmarks.volumes import CTFolder, FastMRIFolder, build_methods
+from invdiff.metrics import ssim
+
+ROOT = Path(__file__).resolve().parents[2]
+METRICS = ("psnr", "ssim", "nmse", "sq_error", "sq_reference", "pixels", "data_max", "nfe", "error")
+
+CT_SETTINGS = {"views8": {"views": 8, "noise_std": 0.05}, "limited": {"views": 12, "angle_range": 90, "noise_std": 0.05}}
+
+
+def _ct_folder(path: Path, volumes: int = 2, slices: int = 3, size: int = 24) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    for v in range(volumes):
+        images = np.stack([
+            ((xx - 0.1 * g.standard_normal()) ** 2 + yy**2 < 0.12).astype(np.float32) * (0.5 + 0.5 * g.random())
+            for _ in range(slices)
+        ])
+        with h5py.File(path / f"vol{v}.h5", "w") as f:
+            f.create_dataset("image", data=images)
+    return path
+
+
+def _noisy_fbp(problem, generator):
+    """A method that uses its generator, so that seeding by key (not by order) is tested."""
+    x = problem.op.fbp(problem.y)
+    return x + 0.01 * torch.randn(x.shape, generator=generator, dtype=x.dtype), {"nfe": 0}
+
+
+def _ct_methods():
+    return {"fbp": build_methods({"fbp": {"baseline": "fbp"}}, None)["fbp"], "noisy_fbp": _noisy_fbp}
+
+
+def _metric_rows(out: Path) -> list[dict]:
+    return [{k: r[k] for k in ("setting", "method", "volume", "slice", *METRICS)} for r in read_rows(out)]
+
+
+def _overall(summary: dict) -> list[tuple]:
+    return [(e["setting"], e["method"], e["psnr"], e["psnr_std"], e["ssim"], e["nmse"], e["slices"])
+            for e in summary["methods"]]
+
+
+def test_kill_and_resume_gives_the_uninterrupted_summary(tmp_path):
+    data = _ct_folder(tmp_path / "data")
+    full = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "full", seed=3)
+    # "killed" after 2 problems, with a torn row at the end of the shard's CSV
+    out = tmp_path / "resumed"
+    partial = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=3, max_items=2)
+    assert partial.done == 2 and len(read_rows(out)) == 4
+    with (out / "rows" / "shard-0-of-1.csv").open("a") as f:
+        f.write("views8,fbp,vol1.h5,2,0,0.1,12.")
+    resumed = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=3)
+    assert resumed.done == 12 - 2  # 2 volumes x 3 slices x 2 settings, minus the finished ones
+    assert _metric_rows(out) == _metric_rows(tmp_path / "full")
+    assert _overall(resumed.summary) == _overall(full.summary)
+    # a third run has nothing left to do
+    assert run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=3).done == 0
+    rows = list(csv.DictReader((out / "rows.csv").open()))
+    assert len(rows) == 24 and list(rows[0]) == ROW_FIELDS
+    with h5py.File(out / "reconstructions" / "views8" / "fbp" / "vol0.h5") as f:
+        assert f["reconstruction"].shape == (3, 24, 24) and f["reconstruction"].dtype == np.float32
+    assert not list(out.rglob(".*.tmp*"))
+
+
+def test_two_shards_give_the_rows_of_one(tmp_path):
+    data = _ct_folder(tmp_path / "data")
+    single = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "one", seed=1)
+    out = tmp_path / "two"
+    first = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=1, shard=Shard(1, 2))
+    assert first.done == 6
+    second = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=1, shard=Shard(0, 2))
+    assert second.done == 6
+    assert sorted(p.name for p in (out / "rows").glob("*.csv")) == ["shard-0-of-2.csv", "shard-1-of-2.csv"]
+    assert _metric_rows(out) == _metric_rows(tmp_path / "one")
+    assert _overall(second.summary) == _overall(single.summary)
+
+
+def test_a_corrupt_file_is_reported_and_skipped(tmp_path):
+    data = _ct_folder(tmp_path / "data")
+    (data / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n not really")
+    with h5py.File(data / "wrong.h5", "w") as f:
+        f.create_dataset("kspace", data=np.zeros((2, 4, 4), np.complex64))
+    result = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "out")
+    skipped = {s["file"]: s["error"] for s in result.summary["skipped"]}
+    assert set(skipped) == {"broken.h5", "wrong.h5"}
+    assert "not a readable HDF5 file" in skipped["broken.h5"] and "no 'image' dataset" in skipped["wrong.h5"]
+    assert {e["volumes"].keys() == {"vol0.h5", "vol1.h5"} for e in result.summary["methods"]} == {True}
+    assert "Skipped files" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_failing_method_leaves_an_error_row_and_the_rest_finishes(tmp_path):
+    data = _ct_folder(tmp_path / "data", volumes=1, slices=2)
+
+    def diverges(problem, generator):
+        raise FloatingPointError("diverged at step 3")
+
+    methods = {**_ct_methods(), "bad": diverges}
+    result = run_batch(CTFolder(data), methods, {"views8": CT_SETTINGS["views8"]}, tmp_path / "out")
+    assert len(result.summary["failed"]) == 2 and "diverged at step 3" in result.summary["failed"][0]["error"]
+    assert [e["method"] for e in result.summary["methods"]] == ["fbp", "noisy_fbp"]
+
+
+def test_metrics_follow_fastmri_conventions():
+    g = np.random.default_rng(1)
+    volume = g.random((3, 16, 16))
+    pred = volume + 0.05 * g.standard_normal(volume.shape)
+    data_max = float(volume.max())
+    rows = []
+    for i in range(3):
+        m = slice_metrics(volume[i], pred[i], data_max)
+        rows.append({"setting": "s", "method": "m", "volume": "v", "slice": i, "nfe": 0, "seconds": 1.0,
+                     "error": "", **m})
+    entry = summarise(rows)["methods"][0]
+    # fastmri/evaluate.py: NMSE and PSNR over the volume, SSIM per slice with the volume max, averaged
+    nmse = np.linalg.norm(volume - pred) ** 2 / np.linalg.norm(volume) ** 2
+    psnr = 10 * np.log10(data_max**2 / np.mean((volume - pred) ** 2))
+    ssim_ref = np.mean([ssim(volume[i], pred[i], data_range=data_max) for i in range(3)])
+    assert entry["nmse"] == pytest.approx(nmse) and entry["psnr"] == pytest.approx(psnr)
+    assert entry["ssim"] == pytest.approx(ssim_ref) and entry["psnr_std"] == 0.0
+
+
+def _mri_folder(path: Path, volumes: int = 2, slices: int = 2) -> Path:
+    """Tiny fastMRI-layout volumes (64 x 64, 4 coils, 2x readout oversampling)."""
+    import sigpy.mri
+    import torch.nn.functional as F
+
+    from invdiff.data.fastmri import reconstruct_rss, write_volume
+    from operators.mri import fft2c
+
+    path.mkdir(parents=True, exist_ok=True)
+    sens = torch.from_numpy(sigpy.mri.birdcage_maps((4, 128, 64))).to(torch.complex64)
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    for v in range(volumes):
+        image = torch.stack([((xx / 0.7) ** 2 + (yy / 0.9) ** 2 < 1).float() * (0.6 + 0.4 * float(torch.rand((), generator=g)))
+                             for _ in range(slices)]).to(torch.complex64)
+        image = F.pad(image, (0, 0, 32, 32))
+        clean = fft2c(sens[None] * image[:, None])
+        noisy = clean + 0.002 * torch.randn(clean.shape, dtype=clean.dtype, generator=g)
+        write_volume(path / f"file{v}.h5", noisy, reconstruction_rss=reconstruct_rss(clean, (64, 64)),
+                     header={"encoding_size": (128, 64, 1), "recon_size": (64, 64, 1)})
+    return path
+
+
+def test_mri_batch_on_fastmri_files(tmp_path):
+    data = _mri_folder(tmp_path / "data")
+    methods = build_methods({"zero_filled": {"baseline": "zero_filled"}, "cg": {"baseline": "cg", "params": {"max_iter": 20}},
+                             "dds": {"sampler": "dds", "steps": 3}}, "mri_brain_64")
+    settings = {"4x": {"acceleration": 4}, "8x": {"acceleration": 8}}
+    result = run_batch(FastMRIFolder(data, tmp_path / "maps", noise_std=0.002), methods, settings, tmp_path / "out")
+    by = {(e["setting"], e["method"]): e for e in result.summary["methods"]}
+    assert len(by) == 6 and all(e["slices"] == 4 and len(e["volumes"]) == 2 for e in by.values())
+    assert by[("4x", "cg")]["psnr"] > by[("4x", "zero_filled")]["psnr"]
+    assert by[("4x", "cg")]["psnr"] > by[("8x", "cg")]["psnr"]
+    assert by[("4x", "dds")]["nfe"] == 3
+    with h5py.File(tmp_path / "out" / "reconstructions" / "8x" / "dds" / "file1.h5") as f:
+        assert f["reconstruction"].shape == (2, 64, 64)
+    assert len(list((tmp_path / "maps").glob("*.espirit.npy"))) == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _benchmark_cli(out: Path, data: Path, *extra: str) -> list[str]:
+    return ["scripts/benchmark.py", "benchmark=ct", f"data.root={data}", f"benchmark.out_dir={out}",
+            "benchmark.run=[fbp,tv]", "benchmark.methods.tv.params={iterations: 20}",
+            "benchmark.settings={views8: {views: 8, noise_std: 0.05}}", f"hydra.run.dir={out}/hydra",
+            f"hydra.sweep.dir={out}/hydra", *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    data = _ct_folder(tmp_path / "data", volumes=2, slices=3, size=24)
+    subprocess.run([sys.executable, *_benchmark_cli(tmp_path / "one", data)], cwd=ROOT, env=_env(), check=True,
+                   capture_output=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    done = subprocess.run([*torchrun, *_benchmark_cli(tmp_path / "two", data)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "rows").glob("*.csv")) == ["shard-0-of-2.csv", "shard-1-of-2.csv"]
+    assert _metric_rows(tmp_path / "two") == _metric_rows(tmp_path / "one")
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert _overall(one) == _overall(two)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_shards(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    data = _ct_folder(tmp_path / "data", volumes=2, slices=2, size=24)
+    subprocess.run([sys.executable, *_benchmark_cli(tmp_path / "one", data)], cwd=ROOT, env=_env(), check=True,
+                   capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, *_benchmark_cli(tmp_path / "jobs", data, "shard=0,1", "num_shards=2",
+                                         "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"), "-m"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _metric_rows(tmp_path / "jobs") == _metric_rows(tmp_path / "one")
+    summary = json.loads((tmp_path / "jobs" / "summary.json").read_text())
+    assert summary["rows"] == 8 and _overall(summary) == _overall(json.loads((tmp_path / "one" / "summary.json").read_text()))
+    shutil.rmtree(tmp_path / "jobs" / "hydra", ignore_errors=True)
+
+
+def test_report_writes_the_table_and_figures(tmp_path):
+    from invdiff.report import write_report
+
+    data = _ct_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=0)
+    text = write_report(out)
+    assert "| views8 | fbp | 0 |" in text and "| limited | noisy_fbp | 0 |" in text
+    for name in ("psnr_vs_nfe.png", "seconds.png", "examples.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.md").read_text().startswith(text)
+    with pytest.raises(FileNotFoundError, match="no rows/ folder"):
+        write_report(tmp_path / "data")
