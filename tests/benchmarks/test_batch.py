@@ -185,8 +185,8 @@ def _free_port() -> int:
 
 def _benchmark_cli(out: Path, data: Path, *extra: str) -> list[str]:
     return ["scripts/benchmark.py", "benchmark=ct", f"data.root={data}", f"benchmark.out_dir={out}",
-            "benchmark.run=[fbp,tv]", "benchmark.methods.tv.params={iterations: 20}",
-            "benchmark.settings={views8: {views: 8, noise_std: 0.05}}", f"hydra.run.dir={out}/hydra",
+            "benchmark.run=[fbp]",
+            f"hydra.run.dir={out}/hydra",
             f"hydra.sweep.dir={out}/hydra", *extra]
 
 
@@ -223,7 +223,7 @@ def test_submitit_local_launcher_runs_the_shards(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert _metric_rows(tmp_path / "jobs") == _metric_rows(tmp_path / "one")
     summary = json.loads((tmp_path / "jobs" / "summary.json").read_text())
-    assert summary["rows"] == 8 and _overall(summary) == _overall(json.loads((tmp_path / "one" / "summary.json").read_text()))
+    assert summary["rows"] == 2 * 2 * 4 and _overall(summary) == _overall(json.loads((tmp_path / "one" / "summary.json").read_text()))
     shutil.rmtree(tmp_path / "jobs" / "hydra", ignore_errors=True)
 
 
