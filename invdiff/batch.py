@@ -322,26 +322,32 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: dict[str, int]) -> list[Path]:
-    """Write ``reconstructions/<setting>/<method>/<volume>.h5`` for every volume whose slices are all done."""
+def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: dict[str, list[int]]) -> list[Path]:
+    """Write ``reconstructions/<setting>/<method>/<volume>.h5`` for every volume whose slices are all done.
+
+    ``expected_slices`` holds each volume's slice indices in the run (all of them unless the run
+    took a range); a file of a partial range carries them in its ``slices`` attribute.
+    """
     done: dict[tuple[str, str, str], set[int]] = defaultdict(set)
     for row in rows:
         if not row["error"]:
             done[(row["setting"], row["method"], row["volume"])].add(row["slice"])
     written = []
     for (setting, method, volume), slices in sorted(done.items()):
-        n = expected_slices.get(volume)
-        if n is None or slices != set(range(n)):
+        indices = expected_slices.get(volume)
+        if indices is None or slices != set(indices):
             continue
         path = out_dir / "reconstructions" / setting / method / volume
         if path.is_file():
             continue
-        recon = np.stack([np.load(slice_path(out_dir, setting, method, volume, i)) for i in range(n)])
+        recon = np.stack([np.load(slice_path(out_dir, setting, method, volume, i)) for i in indices])
         path.parent.mkdir(parents=True, exist_ok=True)
 
-        def write(tmp: Path, recon=recon) -> None:
+        def write(tmp: Path, recon=recon, indices=indices) -> None:
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("reconstruction", data=recon.astype(np.float32))
+                if list(indices) != list(range(len(indices))) or len(indices) != recon.shape[0]:
+                    f.attrs["slices"] = np.asarray(indices)
 
         atomic_write(path, write)
         written.append(path)
@@ -367,14 +373,14 @@ def merge(out_dir: Path, *, settings: Sequence[str] = (), methods: Sequence[str]
     """
     out_dir = Path(out_dir)
     with _locked(out_dir):
-        expected: dict[str, int] = {}
+        expected: dict[str, list[int]] = {}
         skipped: dict[str, str] = {}
         for path in sorted(out_dir.glob("rows/manifest-*.json")):
             manifest = json.loads(path.read_text())
             expected.update(manifest["volumes"])
             skipped.update(manifest["skipped"])
         rows = read_rows(out_dir)
-        summary = summarise(rows, expected)
+        summary = summarise(rows, {name: len(indices) for name, indices in expected.items()})
         summary["methods"] = _order(summary["methods"], list(settings), list(methods))
         summary["skipped"] = [{"file": k, "error": v} for k, v in sorted(skipped.items())]
         summary["volumes"] = expected
@@ -456,6 +462,7 @@ def run_batch(
     *,
     seed: int = 0,
     shard: Shard | None = None,
+    slices: Sequence[int] | None = None,
     max_items: int | None = None,
 ) -> BatchResult:
     """Run ``methods`` on this shard's slices of ``dataset`` under ``settings``, resuming from ``out_dir``.
@@ -467,6 +474,8 @@ def run_batch(
         out_dir: the run folder; rows already there are kept and their slices skipped.
         seed: the run's seed (mixed with each slice's key).
         shard: this process's share (:func:`resolve_shard`); default all of it.
+        slices: ``(start, stop)``, a Python range of slice indices taken in every volume
+            (negative values count from the end, e.g. ``(3, -3)``); default every slice.
         max_items: stop after this many new ``(volume, slice, setting)`` problems (for tests that
             simulate a killed run).
 
@@ -488,11 +497,12 @@ def run_batch(
         except (ValueError, OSError) as err:
             log.warning("skipping %s: %s", path.name, err)
             skipped[path.name] = str(err)
-    manifest = {"volumes": {v.name: v.num_slices for v in volumes}, "skipped": skipped}
+    chosen = {v.name: _slice_range(v.num_slices, slices) for v in volumes}
+    manifest = {"volumes": chosen, "skipped": skipped}
     atomic_write_text(out_dir / "rows" / f"manifest-{shard.index}-of-{shard.count}.json", json.dumps(manifest))
 
     # 2. This shard's problems, in a fixed order; finished keys are skipped.
-    problems = [(v, i, s) for v in volumes for i in range(v.num_slices) for s in settings]
+    problems = [(v, i, s) for v in volumes for i in chosen[v.name] for s in settings]
     mine = problems[shard.index :: shard.count]
     new = 0
     for volume, index, setting in mine:
@@ -523,6 +533,14 @@ def run_batch(
     else:
         summary = merge(out_dir, settings=list(settings), methods=list(methods))
     return BatchResult(summary, new, len(skipped), out_dir)
+
+
+def _slice_range(num_slices: int, slices: Sequence[int] | None) -> list[int]:
+    if slices is None:
+        return list(range(num_slices))
+    if len(slices) != 2 or not all(isinstance(i, int) for i in slices):
+        raise ValueError(f"data.slices: expected [start, stop] (integers, a Python range), got {slices!r}")
+    return list(range(num_slices))[slices[0] : slices[1]]
 
 
 def _run_method(method_fn: Method, method: str, problem: SliceProblem, volume: Volume, index: int,

@@ -131,7 +131,10 @@ def plot_examples(run_dir: Path, summary: dict) -> bytes | None:
     if not volumes:
         return None
     volume = sorted(volumes)[0]
-    index = volumes[volume] // 2
+    indices = volumes[volume]
+    if not indices:
+        return None
+    index = indices[len(indices) // 2]
     reference_path = target_path(run_dir, volume, index)
     if not reference_path.is_file():
         return None

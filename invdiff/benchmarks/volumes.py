@@ -189,7 +189,7 @@ class CTFolder:
             return _CTVolume(path, path.name, ds.shape[0], data_max)
 
 
-def ct_volumes(root: str | Path, size: int = 64, *, slab: int = 4, count: int = 8, split: str = "test") -> Path:
+def ct_volumes(root: str | Path, size: int = 64, *, slab: int = 2, count: int = 4, split: str = "test") -> Path:
     """CT volumes for the batch benchmark from the held-out CT images: ``root/ct_volumes_{size}/{split}``.
 
     The first ``count`` images of the split (:func:`invdiff.data.datasets.ct`) in volumes of ``slab``
@@ -271,7 +271,7 @@ def build_methods(methods: dict[str, dict], prior_name: str | None, device: str 
 
 def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: dict, methods: dict, run: Sequence[str] | None,
                      prior: str | None, seed: int, threads: int, device: str, shard: int, num_shards: int,
-                     max_items: int | None) -> str:
+                     max_items: int | None, slices: Sequence[int] | None) -> str:
     torch.set_num_threads(int(threads))
     names = list(run or methods)
     unknown = [m for m in names if m not in methods]
@@ -281,7 +281,8 @@ def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: dict, method
     if device == "cuda" and where.distributed:
         device = f"cuda:{where.local_rank}"
     built = build_methods({m: methods[m] for m in names}, prior, device)
-    result = run_batch(dataset, built, dict(settings), Path(out_dir), seed=seed, shard=where, max_items=max_items)
+    result = run_batch(dataset, built, dict(settings), Path(out_dir), seed=seed, shard=where, slices=slices,
+                       max_items=max_items)
     if not result.summary:
         return f"shard {where.index} of {where.count}: {result.done} slices done; rank 0 writes the summary"
     return f"{name} benchmark, {result.summary['rows']} slice rows in {out_dir}\n\n" + markdown_summary(result.summary)
@@ -300,7 +301,7 @@ def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, ru
                             pattern=data.get("pattern", "*.h5"))
     return _batch_benchmark(dataset, name="mri", out_dir=out_dir, settings=settings, methods=methods, run=run,
                             prior=prior, seed=seed, threads=threads, device=device, shard=shard,
-                            num_shards=num_shards, max_items=max_items)
+                            num_shards=num_shards, max_items=max_items, slices=data.get("slices"))
 
 
 def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, run: Sequence[str] | None = None,
@@ -313,7 +314,7 @@ def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, run
     dataset = CTFolder(Path(root), data.get("pattern", "*.h5"))
     return _batch_benchmark(dataset, name="ct", out_dir=out_dir, settings=settings, methods=methods, run=run,
                             prior=prior, seed=seed, threads=threads, device=device, shard=shard,
-                            num_shards=num_shards, max_items=max_items)
+                            num_shards=num_shards, max_items=max_items, slices=data.get("slices"))
 
 
 __all__ = ["CTFolder", "FastMRIFolder", "Shard", "build_methods", "ct_benchmark", "ct_volumes", "mri_benchmark"]

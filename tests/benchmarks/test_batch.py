@@ -240,3 +240,15 @@ def test_report_writes_the_table_and_figures(tmp_path):
     assert (out / "report.md").read_text().startswith(text)
     with pytest.raises(FileNotFoundError, match="no rows/ folder"):
         write_report(tmp_path / "data")
+
+
+def test_a_slice_range_runs_those_slices_of_every_volume(tmp_path):
+    data = _ct_folder(tmp_path / "data", volumes=2, slices=4)
+    out = tmp_path / "out"
+    result = run_batch(CTFolder(data), _ct_methods(), {"views8": CT_SETTINGS["views8"]}, out, slices=(1, -1))
+    assert {(r["volume"], r["slice"]) for r in read_rows(out)} == {(f"vol{v}.h5", i) for v in (0, 1) for i in (1, 2)}
+    assert result.summary["volumes"] == {"vol0.h5": [1, 2], "vol1.h5": [1, 2]}
+    with h5py.File(out / "reconstructions" / "views8" / "fbp" / "vol1.h5") as f:
+        assert f["reconstruction"].shape == (2, 24, 24) and list(f.attrs["slices"]) == [1, 2]
+    with pytest.raises(ValueError, match=r"data.slices: expected \[start, stop\]"):
+        run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "bad", slices=(1,))
