@@ -387,9 +387,6 @@ def _per_sample_norm(normal, like: Tensor, iterations: int) -> Tensor:
     return value
 
 
-_BALANCE = 1.0
-
-
 def tv(
     op: LinearOperator,
     y: Tensor,
@@ -397,6 +394,7 @@ def tv(
     lam: float = 0.3,
     iterations: int = 200,
     nonnegative: bool = False,
+    step_ratio: float = 0.003,
     power_iterations: int = 30,
 ) -> tuple[Tensor, dict]:
     r"""Total-variation-regularised least squares by Chambolle-Pock (PDHG), per sample:
@@ -445,6 +443,8 @@ def tv(
         raise ValueError(f"tv: lam: expected >= 0, got {lam}")
     if int(iterations) != iterations or iterations < 1:
         raise ValueError(f"tv: iterations: expected a positive integer, got {iterations}")
+    if not step_ratio > 0:
+        raise ValueError(f"tv: step_ratio: expected > 0, got {step_ratio}")
     ATy = op.AT(y)
     if ATy.is_complex() or ATy.ndim != 4:
         raise ValueError(
@@ -453,7 +453,7 @@ def tv(
         )
     # 1. Step sizes: both blocks of K = (A, grad) rescaled to unit norm.
     norm_A = _per_sample_norm(op.normal, ATy, power_iterations).clamp_min(torch.finfo(ATy.dtype).tiny)
-    sigma, tau = (0.45 / _BALANCE) ** 0.5, (0.45 * _BALANCE) ** 0.5
+    sigma, tau = (0.45 / step_ratio) ** 0.5, (0.45 * step_ratio) ** 0.5
     sigma_p = (sigma / norm_A).view(-1, *[1] * (y.ndim - 1)).to(y.real.dtype if y.is_complex() else y.dtype)
     sigma_q = sigma / 8.0
     x = torch.zeros_like(ATy)
