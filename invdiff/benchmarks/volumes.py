@@ -12,7 +12,9 @@ masked with a fastMRI line mask seeded by the file name (:func:`operators.volume
 columns for every slice, as fastMRI's data sets do). Coil maps are ESPIRiT maps of the fully
 sampled slice (as DDS and score-MRI compute them), cached in the run folder, turned so that the
 coil-combined image has a mean phase of 0 (ESPIRiT's phase is relative to the first coil; the
-priors were trained on images of near-zero mean phase). The operator is
+priors were trained on images of near-zero mean phase). Outside the maps' support (ESPIRiT
+zeroes them where its eigenvalue is under 0.95) the SENSE model sees no signal and the image is
+undefined: every method's reconstruction is set to 0 there, as CG-SENSE's already is. The operator is
 ``MultiCoilMRI(maps, mask) @ RealToComplex()``; a reconstruction's magnitude, cropped to the
 header's reconstruction size, is scored against ``reconstruction_rss``.
 
@@ -93,8 +95,10 @@ class _MRIVolume:
         if target.shape != self.recon_shape:
             raise ValueError(f"{self.path}: reconstruction_rss slices are {target.shape}, header says {self.recon_shape}")
 
+        support = maps.abs().square().sum(0) > 0
+
         def to_image(x: Tensor) -> np.ndarray:
-            image = RealToComplex().A(x.detach().cpu().to(torch.float32))[0, 0]
+            image = RealToComplex().A(x.detach().cpu().to(torch.float32))[0, 0] * support
             if tuple(image.shape) != self.recon_shape:
                 image = complex_center_crop(image, self.recon_shape)
             return (image.abs() / scale).numpy()

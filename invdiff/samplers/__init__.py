@@ -15,12 +15,16 @@ from invdiff.samplers.baselines import (
     adjoint_baseline,
     error_reduction,
     fbp_baseline,
+    l1_wavelet,
     least_squares,
     pinv_baseline,
     postlog_fbp,
+    tv,
+    zero_filled,
 )
 from invdiff.samplers.common import ddim_coefficients, ddim_step
 from invdiff.samplers.dds import sample_dds
+from invdiff.samplers.deepinv_samplers import sample_deepinv_diffpir, sample_deepinv_dps
 from invdiff.samplers.dps import sample_dps
 from invdiff.samplers.mbir import sample_diffusion_mbir
 from invdiff.samplers.reddiff import sample_reddiff
@@ -34,6 +38,8 @@ SAMPLERS: dict[str, Callable] = {
     "reddiff": sample_reddiff,
     "smc_ensemble": sample_smc_ensemble,
     "tds": sample_tds,
+    "deepinv_dps": sample_deepinv_dps,
+    "deepinv_diffpir": sample_deepinv_diffpir,
 }
 UNCONDITIONAL: dict[str, Callable] = {
     "ddim": sample_ddim,
@@ -48,6 +54,9 @@ BASELINES: dict[str, Callable] = {
     "fbp": fbp_baseline,
     "postlog_fbp": postlog_fbp,
     "error_reduction": error_reduction,
+    "zero_filled": zero_filled,
+    "l1_wavelet": l1_wavelet,
+    "tv": tv,
 }
 
 
@@ -70,11 +79,14 @@ __all__ = [
     "error_reduction",
     "fbp_baseline",
     "get_sampler",
+    "l1_wavelet",
     "least_squares",
     "pinv_baseline",
     "postlog_fbp",
     "sample_dds",
     "sample_ddim",
+    "sample_deepinv_diffpir",
+    "sample_deepinv_dps",
     "sample_diffusion_mbir",
     "sample_dpmpp_2m",
     "sample_dps",
@@ -83,4 +95,6 @@ __all__ = [
     "sample_reddiff",
     "sample_smc_ensemble",
     "sample_tds",
+    "tv",
+    "zero_filled",
 ]

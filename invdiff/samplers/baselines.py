@@ -278,7 +278,7 @@ def l1_wavelet(
     op: LinearOperator,
     y: Tensor,
     *,
-    lamda: float = 0.002,
+    lamda: float = 3e-4,
     max_iter: int = 100,
     wave_name: str = "db4",
 ) -> tuple[Tensor, dict]:
@@ -394,7 +394,7 @@ def tv(
     lam: float = 0.3,
     iterations: int = 200,
     nonnegative: bool = False,
-    step_ratio: float = 0.003,
+    step_ratio: float = 1.0,
     power_iterations: int = 30,
 ) -> tuple[Tensor, dict]:
     r"""Total-variation-regularised least squares by Chambolle-Pock (PDHG), per sample:
@@ -451,11 +451,12 @@ def tv(
             f"tv: op: expected an operator on real images (B, C, H, W), but op.AT(y) is "
             f"{tuple(ATy.shape)} {ATy.dtype}; compose complex operators with RealToComplex()"
         )
-    # 1. Step sizes: both blocks of K = (A, grad) rescaled to unit norm.
-    norm_A = _per_sample_norm(op.normal, ATy, power_iterations).clamp_min(torch.finfo(ATy.dtype).tiny)
-    sigma, tau = (0.45 / step_ratio) ** 0.5, (0.45 * step_ratio) ** 0.5
-    sigma_p = (sigma / norm_A).view(-1, *[1] * (y.ndim - 1)).to(y.real.dtype if y.is_complex() else y.dtype)
-    sigma_q = sigma / 8.0
+    # 1. Step sizes: tau / sigma_p = step_ratio, both proportional to 1 / ||A||, and
+    #    tau * (sigma_p ||A||^2 + sigma_q ||grad||^2) = 0.9 with ||grad||^2 <= 8.
+    norm_A = _per_sample_norm(op.normal, ATy, power_iterations).clamp_min(torch.finfo(ATy.dtype).tiny).sqrt()
+    tau = ((0.45 * step_ratio) ** 0.5 / norm_A).view(-1, *[1] * (ATy.ndim - 1))
+    sigma_p = ((0.45 / step_ratio) ** 0.5 / norm_A).view(-1, *[1] * (y.ndim - 1)).to(tau.dtype)
+    sigma_q = ((0.45 / step_ratio) ** 0.5 * norm_A / 8).view(-1, 1, 1, 1, 1)
     x = torch.zeros_like(ATy)
     x_bar = x
     p = torch.zeros_like(y)
