@@ -163,16 +163,19 @@ def sample_deepinv_dps(
     ending with 0 ends on the denoised estimate, with no extra evaluation. One network
     evaluation (with its gradient) per step.
 
-    Step size. deepinv's ``"norm"`` guidance adds
-    :math:`-\tfrac12 w \nabla \|A \hat x_0 - y\|` to the *score*, which its DDPM step multiplies
-    by :math:`s_t s_{t'} (\sigma_t^2 - \sigma_{t'}^2)`; in our units the step is
-    :math:`\tfrac12 w (\sigma^2 - \sigma'^2)/\sqrt{(1+\sigma^2)(1+\sigma'^2)}` times the
-    gradient, about :math:`\tfrac12 w \beta_t` at 1000 steps, where :func:`~invdiff.samplers.dps.sample_dps`
-    has a constant :math:`\zeta` (the official code's). So ``weight`` is not ``zeta``: the guidance
-    is weaker late in the schedule, and ``weight`` must be in the hundreds (deepinv's note says
-    so). ``guidance="annealed"`` uses :math:`w\,\|A\hat x_0 - y\|^2 / (2(\sigma_y^2 + \sigma_t^2))`
-    instead; deepinv reads :math:`\sigma_y` from a Gaussian noise model of the physics, which
-    ours has none of, so :math:`\sigma_y = 0` there.
+    Step size. deepinv's ``"norm"`` guidance adds :math:`-\tfrac12 w \nabla_{x_{01}} \|A \hat x_{01} - y_{01}\|`
+    (divided by the VP scale) to the *score*, which its DDPM step multiplies by
+    :math:`s_t s_{t'} (\sigma_t^2 - \sigma_{t'}^2)`. In our units (default ``data_range``) the
+    step moves :math:`x` by :math:`-\tfrac12 w (\sigma^2 - \sigma'^2) \nabla_x \|A \hat x_0 - y\|`,
+    which is :func:`~invdiff.samplers.dps.sample_dps`'s step with
+    :math:`\zeta = \tfrac12 w (\sigma^2 - \sigma'^2) / \sqrt{(1+\sigma^2)(1+\sigma'^2)}`, about
+    :math:`\tfrac12 w \beta_t` at 1000 steps (:math:`\beta_t` from 0.02 at the start to 1e-4 at
+    the end), where the official code keeps :math:`\zeta` constant. So ``weight`` is not
+    ``zeta``: the guidance fades along the schedule, it is a score term whose effect hardly
+    depends on the number of steps, and ``weight`` is in the hundreds (deepinv's note says so).
+    ``guidance="annealed"`` uses :math:`w\,\|A\hat x_0 - y\|^2 / (2(\sigma_y^2 + \sigma_t^2))`
+    instead, with :math:`\sigma_y` from the physics' noise model, which is given
+    ``GaussianNoise(noise_std / (hi - lo))`` for that (the physics is never applied with noise).
 
     Default ``weight`` from a sweep on ``invdiff.tasks.mri(image="mri_brain")`` with the
     ``mri_brain_64`` prior, ``sigmas_vp(1000)``, seed 0 (PSNR / SSIM of the magnitude):
@@ -184,8 +187,7 @@ def sample_deepinv_dps(
         op: the forward model, linear or not (wrapped by :func:`operators.interop.to_deepinv`).
         y: the measurements, ``(B, ...)``.
         sigmas: ``(n + 1,)`` descending noise levels, e.g. ``sigmas_vp(1000)``.
-        noise_std: the measurement noise std; the ``"norm"`` guidance does not use it, it is
-            recorded in ``info``.
+        noise_std: the measurement noise std in our units; only ``guidance="annealed"`` uses it.
         generator: the solver's ``rng``: the initial noise and every ancestral draw.
         weight: deepinv's ``weight`` :math:`w` of the guidance.
         guidance: ``"norm"`` (the DPS paper's) or ``"annealed"``.
@@ -223,7 +225,8 @@ def sample_deepinv_dps(
     timesteps = vp_time([2.0 * s / scale for s in sigma_list]).to(device)
     # 2. The measurement of the [0, 1] image, and deepinv's sampler on it.
     y01 = _to_unit_range(op, y, shape, data_range)
-    x01 = sampler(y01, to_deepinv(op), x_init=tuple(shape), timesteps=timesteps)
+    physics = to_deepinv(op, noise_model=deepinv.physics.GaussianNoise(sigma=noise_std / scale))
+    x01 = sampler(y01, physics, x_init=tuple(shape), timesteps=timesteps)
     x = (data_range[0] + scale * x01).to(dtype)
     info = {
         "nfe": model.calls,
