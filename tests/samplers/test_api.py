@@ -14,9 +14,14 @@ from operators.nonlinear import PhaseRetrieval
 from tests.samplers import gaussian_problem, seeded
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
-STEPS = {"dps": 30, "dds": 15, "reddiff": 20, "smc_ensemble": 15, "tds": 15, "diffusion_mbir": 15}
+STEPS = {
+    "dps": 30, "dds": 15, "reddiff": 20, "smc_ensemble": 15, "tds": 15, "diffusion_mbir": 15,
+    "deepinv_dps": 15, "deepinv_diffpir": 15,
+}
 PARTICLES = {"smc_ensemble": 8, "tds": 8}
 """Samplers whose state holds ``num_particles`` particles per problem."""
+OWN_SCHEDULE = {"deepinv_diffpir"}
+"""Samplers that step through their own noise levels (``len(sigmas) - 1`` of them), not ``sigmas``."""
 COUPLED = {"diffusion_mbir"}
 """Samplers whose batch is one volume (slices coupled by the z-regulariser), not independent problems."""
 
@@ -36,7 +41,9 @@ def _batch(y: torch.Tensor, B: int = 4) -> torch.Tensor:
 def test_registries_and_get_sampler():
     assert set(SAMPLERS) == set(STEPS)
     assert set(UNCONDITIONAL) == {"ddim", "euler", "heun", "dpmpp_2m"}
-    assert set(BASELINES) == {"adjoint", "cg", "pinv", "fbp", "postlog_fbp", "error_reduction"}
+    assert set(BASELINES) == {
+        "adjoint", "cg", "pinv", "fbp", "postlog_fbp", "error_reduction", "zero_filled", "l1_wavelet", "tv"
+    }
     assert get_sampler("dds") is sample_dds and get_sampler("dps") is sample_dps
     for registry in (UNCONDITIONAL, BASELINES):
         for name, fn in registry.items():
@@ -78,7 +85,10 @@ def test_callback_sees_every_step(name):
     _run(name, prior, op, _batch(y), seed=5, callback=seen.append)
     assert [s["i"] for s in seen] == list(range(STEPS[name]))
     sigmas = sigmas_vp(STEPS[name])
-    assert [s["sigma"] for s in seen] == pytest.approx(sigmas[:-1].tolist())
+    if name in OWN_SCHEDULE:
+        assert all(b < a for a, b in zip([s["sigma"] for s in seen], [s["sigma"] for s in seen][1:]))
+    else:
+        assert [s["sigma"] for s in seen] == pytest.approx(sigmas[:-1].tolist())
     state = (4 * PARTICLES.get(name, 1), 1, 1, 6)
     assert all(s["x"].shape == s["x0_hat"].shape == state for s in seen)
 
@@ -175,7 +185,8 @@ def test_non_finite_step_names_sampler_step_and_sigma(name):
     sigmas = sigmas_vp(10)
     # Heun evaluates twice per step: its 4th call is the first of step 1.
     step = 1 if name == "heun" else 3
-    message = rf"sample_\w+: non-finite values at step {step} \(sigma={float(sigmas[step]):.6g}\)"
+    sigma = r"[0-9.e+-]+" if name in OWN_SCHEDULE else f"{float(sigmas[step]):.6g}"
+    message = rf"sample_\w+: non-finite values at step {step} \(sigma={sigma}\)"
     with pytest.raises(FloatingPointError, match=message):
         if name in SAMPLERS:
             extra = {"num_particles": PARTICLES[name]} if name in PARTICLES else {}

@@ -164,6 +164,12 @@ def test_bad_hyperparameters():
         _run("deepinv_diffpir", prior, op, ys, seed=1, zeta=1.5)
     with pytest.raises(ValueError, match="sample_deepinv_diffpir: noise_std"):
         sample_deepinv_diffpir(prior, op, ys, sigmas_vp(5), noise_std=0.0, generator=seeded(0))
+    maps = torch.from_numpy(sigpy.mri.birdcage_maps((2, 4, 4))).to(torch.complex128)
+    bare = MultiCoilMRI(maps, torch.ones(4, 4, dtype=torch.float64))
+    prior_4x4 = GaussianMixture(torch.zeros(1, 16, dtype=torch.float64), torch.eye(16)[None], shape=(1, 4, 4))
+    with pytest.raises(ValueError, match="sample_deepinv_diffpir: op: op.AT.y. is complex.*RealToComplex"):
+        sample_deepinv_diffpir(prior_4x4, bare, torch.zeros(1, 2, 4, 4, dtype=torch.complex128), sigmas_vp(5),
+                               noise_std=0.1, generator=seeded(0))
     with pytest.raises(ValueError, match="sample_deepinv_diffpir: op: expected a LinearOperator"):
         sample_deepinv_diffpir(
             prior, PhaseRetrieval(2.0), torch.rand(2, 1, 4, 4, dtype=torch.float64), sigmas_vp(5),
