@@ -227,7 +227,8 @@ def _multicoil_mri(op: Operator, name: str) -> tuple[MultiCoilMRI, bool]:
     ):
         return ops[0], True
     raise ValueError(
-        f"{name}: op: expected MultiCoilMRI(coil_maps, mask) or MultiCoilMRI(coil_maps, mask) @ RealToComplex(), "
+        f"{name}: op: expected MultiCoilMRI(coil_maps, mask) or "
+        f"MultiCoilMRI(coil_maps, mask) @ RealToComplex(), "
         f"got {op!r}"
     )
 
@@ -243,7 +244,9 @@ def _check_kspace(mri: MultiCoilMRI, y: Tensor, name: str) -> None:
         )
     for buffer, what in ((mri.coil_maps, "coil maps"), (mri.mask, "mask")):
         if buffer.shape[0] not in (1, y.shape[0]):
-            raise ValueError(f"{name}: y: expected a batch of {buffer.shape[0]} like the {what}, got {y.shape[0]}")
+            raise ValueError(
+                f"{name}: y: expected a batch of {buffer.shape[0]} like the {what}, got {y.shape[0]}"
+            )
 
 
 def _to_domain(image: Tensor, embedded: bool) -> Tensor:
@@ -259,8 +262,11 @@ def zero_filled(op: LinearOperator, y: Tensor, **_) -> tuple[Tensor, dict]:
     ``y`` is already zero-filled (unsampled k-space is zero), so the coil images are its centred,
     orthonormal inverse FFTs (:func:`operators.mri.ifft2c`, the convention of
     :class:`~operators.mri.MultiCoilMRI` and of fastMRI). The root-sum-of-squares carries the
-    coils' joint sensitivity :math:`\sqrt{\sum_c |S_c|^2}` (not 1 for birdcage maps), as in
-    fastMRI, where the reference images are root-sum-of-squares too; it has no phase.
+    coils' joint sensitivity :math:`\sqrt{\sum_c |S_c|^2}` (1 for sigpy's birdcage maps of the
+    ``mri`` task, 1 inside the support of ESPIRiT maps, not in general), as in fastMRI, whose
+    reference images are root-sum-of-squares too; it has no phase. On
+    ``invdiff.tasks.mri(image="mri_brain")``: PSNR 17.53 dB, SSIM .401 (:math:`A^H y`: 17.91,
+    .436), in milliseconds.
 
     Args:
         op: ``MultiCoilMRI(coil_maps, mask) @ RealToComplex()`` or a bare ``MultiCoilMRI``.
@@ -288,16 +294,20 @@ def l1_wavelet(
     max_iter: int = 100,
     wave_name: str = "db4",
 ) -> tuple[Tensor, dict]:
-    r"""Compressed sensing (Lustig et al. 2007): :math:`\min_x \tfrac12\|m \odot \mathcal F_c(S x) - y\|^2 + \lambda\|\Psi x\|_1`
-    with ``sigpy.mri.app.L1WaveletRecon`` (FISTA, orthogonal ``wave_name`` wavelets), per sample.
+    r"""Compressed sensing (Lustig et al. 2007) with sigpy's ``L1WaveletRecon``, per sample:
+
+    .. math:: \min_x \tfrac12\|m \odot \mathcal F_c(S x) - y\|^2 + \lambda\|\Psi x\|_1,
+
+    with FISTA and orthogonal ``wave_name`` wavelets :math:`\Psi`.
 
     sigpy's SENSE model is :math:`\sqrt{w} \odot \mathcal F_c(S x)` with the same centred,
     orthonormal FFT (``sigpy.fft``) as :class:`~operators.mri.MultiCoilMRI`; it equals ``op.A``
     for ``w = m^2`` (``w = m`` for 0/1 masks; ``tests/samplers/test_classical.py`` checks it).
     The data passed to sigpy are :math:`y / m` where sampled (``y`` itself for 0/1 masks), so
-    that its objective is the one above. The FISTA step is :math:`1 / (\max m^2 \max_{\text{pixel}} \sum_c |S_c|^2)`,
-    an upper bound of :math:`\|A^H A\|`, instead of sigpy's power iteration, which starts from
-    numpy's global random state; the result is then deterministic.
+    that its objective is the one above. The FISTA step is
+    :math:`1 / (\max m^2 \max_{\text{pixel}} \sum_c |S_c|^2)`, the inverse of an upper bound of
+    :math:`\|A^H A\|`, instead of sigpy's power iteration, which starts from numpy's global
+    random state; the result is then deterministic.
 
     Default ``lamda`` from a sweep on ``invdiff.tasks.mri(image="mri_brain")`` (64 x 64 brain
     slice, 8 birdcage coils, 4x equispaced lines, k-space noise std 0.005, seed 0), PSNR (dB) /
@@ -400,7 +410,8 @@ def _per_sample_norm(normal, like: Tensor, iterations: int) -> Tensor:
     v = torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype).expand(like.shape)
     value = like.new_zeros(like.shape[0])
     for _ in range(iterations):
-        v = v / v.flatten(1).norm(dim=1).clamp_min(torch.finfo(like.dtype).tiny).view(-1, *[1] * (like.ndim - 1))
+        norm = v.flatten(1).norm(dim=1).clamp_min(torch.finfo(like.dtype).tiny)
+        v = v / norm.view(-1, *[1] * (like.ndim - 1))
         w = normal(v)
         value = w.flatten(1).norm(dim=1)
         v = w

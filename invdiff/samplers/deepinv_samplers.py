@@ -127,7 +127,8 @@ def vp_time(sigmas: Sequence[float], beta_min: float = VP_BETA_MIN, beta_max: fl
 
     The SDE has :math:`\sigma(t)^2 = e^{B(t)} - 1` with
     :math:`B(t) = \beta_{min} t + \tfrac12 (\beta_{max} - \beta_{min}) t^2`, so
-    :math:`t = \big(-\beta_{min} + \sqrt{\beta_{min}^2 + 2(\beta_{max} - \beta_{min}) \log(1 + \sigma^2)}\big) / (\beta_{max} - \beta_{min})`.
+    :math:`t = \big(-\beta_{min} + \sqrt{\beta_{min}^2 + 2 \Delta\beta \log(1 + \sigma^2)}\big) / \Delta\beta`
+    with :math:`\Delta\beta = \beta_{max} - \beta_{min}`.
     Noise levels above the SDE's :math:`\sigma(1) \approx 152` give :math:`t > 1`, where the
     formulas extend smoothly.
 
@@ -165,20 +166,21 @@ def sample_deepinv_dps(
     ending with 0 ends on the denoised estimate, with no extra evaluation. One network
     evaluation (with its gradient) per step.
 
-    Step size. deepinv's ``"norm"`` guidance adds :math:`-\tfrac12 w \nabla_{x_{01}} \|A \hat x_{01} - y_{01}\|`
-    (divided by the VP scale) to the *score*, which its DDPM step multiplies by
-    :math:`s_t s_{t'} (\sigma_t^2 - \sigma_{t'}^2)`. In our units (default ``data_range``) the
-    step moves :math:`x` by :math:`-\tfrac12 w (\sigma^2 - \sigma'^2) \nabla_x \|A \hat x_0 - y\|`,
-    which is :func:`~invdiff.samplers.dps.sample_dps`'s step with
+    Step size. deepinv's ``"norm"`` guidance adds
+    :math:`-\tfrac12 w \nabla_{x_{01}} \|A \hat x_{01} - y_{01}\|` (divided by the VP scale) to
+    the *score*, which its DDPM step multiplies by :math:`s_t s_{t'} (\sigma_t^2 - \sigma_{t'}^2)`.
+    In our units (default ``data_range``) the step moves :math:`x` by
+    :math:`-\tfrac12 w (\sigma^2 - \sigma'^2) \nabla_x \|A \hat x_0 - y\|`, which is the step of
+    :func:`~invdiff.samplers.dps.sample_dps` with
     :math:`\zeta = \tfrac12 w (\sigma^2 - \sigma'^2) / \sqrt{(1+\sigma^2)(1+\sigma'^2)}`, about
     :math:`\tfrac12 w \beta_t` at 1000 steps (:math:`\beta_t` from 0.02 at the start to 1e-4 at
     the end), where the official code keeps :math:`\zeta` constant. So ``weight`` is not
     ``zeta``: the guidance fades along the schedule, ``weight`` is in the hundreds or thousands
     (deepinv's note says so), and its best value changes with the number of steps and with the
-    operator's gain.
-    ``guidance="annealed"`` uses :math:`w\,\|A\hat x_0 - y\|^2 / (2(\sigma_y^2 + \sigma_t^2))`
-    instead, with :math:`\sigma_y` from the physics' noise model, which is given
-    ``GaussianNoise(noise_std / (hi - lo))`` for that (the physics is never applied with noise).
+    operator's gain. ``guidance="annealed"`` uses
+    :math:`w\,\|A\hat x_0 - y\|^2 / (2(\sigma_y^2 + \sigma_t^2))` instead, with :math:`\sigma_y`
+    from the physics' noise model, which is given ``GaussianNoise(noise_std / (hi - lo))`` for
+    that (the physics is never applied with noise).
 
     Default ``weight`` from a sweep on ``invdiff.tasks.mri(image="mri_brain")`` with the
     ``mri_brain_64`` prior, ``sigmas_vp(steps)``, seed 0 (seeds 1, 2 in brackets), PSNR (dB) /
@@ -193,7 +195,7 @@ def sample_deepinv_dps(
     1000        25.05 / .879  25.42 / .865                10          12.34 / .393
     2000                      27.43 / .905
     **3000**    20.20 / .772  28.65 / .919
-    4000                      29.49 / .925 (28.72, ...)
+    4000                      29.49 / .925 (28.72, 29.31)
     8000                      23.92 / .805
     10000       14.76 / .335
     ==========  ============  ==========================  ==========  ============
@@ -202,8 +204,11 @@ def sample_deepinv_dps(
     up (8000 at 1000 steps, 3000 at 200 steps); 3000 keeps a margin below the break. On the
     same slice: zero-filled 17.53 / .401, CG-SENSE 23.11 / .545,
     :func:`~invdiff.samplers.dps.sample_dps` (``zeta = 1``, 1000 steps) 29.02 / .919 in 98 s;
-    deepinv's DPS takes 91 to 106 s for 1000 steps on one CPU thread of a quiet machine (about
-    220 s on a busy one).
+    deepinv's DPS takes 91 to 106 s for 1000 steps on one CPU thread of a quiet machine (220 to
+    380 s on a busy one). On ``invdiff.tasks.ct(image="ct")`` (30 views, ``ct_64`` prior, 1000
+    steps) the weight must shrink with the operator's gain (:math:`\|A\| \approx 43` there, 1
+    for MRI): 3000 gives 6.76 / .136, 100 gives 26.92 / .891 (FBP 26.17 / .697; DDS, 100 steps,
+    28.97 / .848; ``sample_dps`` 9.44 / .030 with ``zeta = 1``, ZETA_CT with ``zeta = 0.03``).
 
     Args:
         denoiser: the prior, :math:`D(x, \sigma)`; must be differentiable in ``x``.
@@ -304,7 +309,9 @@ def sample_deepinv_diffpir(
     (deepinv's defaults are ``lambda_ = 7``, ``zeta = 0.1``.) On the same slice: zero-filled
     17.53 / .401, CG-SENSE 23.11 / .545, :func:`~invdiff.samplers.dds.sample_dds` (its config:
     ``cg_steps`` 5, ``eta`` 0.85) 29.21 / .736 at 100 steps and 27.30 / .699 at 50. About 6 s
-    for 100 steps on one CPU thread (DDS: 5.4 s).
+    for 100 steps on one CPU thread (DDS: 5.4 s). On ``invdiff.tasks.ct(image="ct")`` (30
+    views, ``ct_64`` prior, same defaults): 29.49 / .831 in 18 s (FBP 26.17 / .697, DDS at 100
+    steps 28.97 / .848).
 
     Args:
         denoiser: the prior, :math:`D(x, \sigma)`.
@@ -341,7 +348,7 @@ def sample_deepinv_diffpir(
     if not lambda_ > 0:
         raise ValueError(f"{name}: lambda_: expected > 0, got {lambda_}")
     if not noise_std > 0:
-        raise ValueError(f"{name}: noise_std: expected > 0 (DiffPIR's rho_t is proportional to it), got {noise_std}")
+        raise ValueError(f"{name}: noise_std: expected > 0 (DiffPIR's rho_t grows with it), got {noise_std}")
     data_range = _check_data_range(data_range, name)
     shape = posterior_shape(denoiser, op, y, shape, name)
     real_adjoint(op, y, shape, name)  # DiffPIR starts from 2 A^H y - 1: it must be a real x

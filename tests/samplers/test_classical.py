@@ -94,14 +94,14 @@ def test_mri_baselines_need_an_mri_operator():
     ct = ParallelBeamCT((8, 8), 6)
     for fn in (zero_filled, l1_wavelet):
         name = fn.__name__
-        with pytest.raises(ValueError, match=rf"{name}: op: expected MultiCoilMRI.*RealToComplex.*got Matrix"):
+        with pytest.raises(ValueError, match=rf"{name}: op: expected MultiCoilMRI.*RealToComplex.*Matrix"):
             fn(Matrix(torch.ones(2, 3)), torch.zeros(1, 2))
         with pytest.raises(ValueError, match=rf"{name}: op: expected MultiCoilMRI.*ParallelBeamCT"):
             fn(ct, torch.zeros(1, 1, 6, ct.n_detectors))
         with pytest.raises(ValueError, match=rf"{name}: op: expected MultiCoilMRI"):
             fn(RealToComplex() @ Matrix(torch.ones(4, 4), (4,)), torch.zeros(1, 2, dtype=torch.complex64))
     op, _, y = _mri_problem()
-    with pytest.raises(ValueError, match=r"zero_filled: y: expected complex zero-filled k-space \(B, 8, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"zero_filled: y: expected complex zero-filled k-space \(B, 8, 32"):
         zero_filled(op, y[:, :2])
     with pytest.raises(ValueError, match=r"l1_wavelet: y: expected complex"):
         l1_wavelet(op, y.real)

@@ -29,7 +29,8 @@ NAMES = sorted(STEPS)
 
 def _run(name, prior, op, y, seed, **kwargs):
     kwargs = {**HYPER[name], **kwargs}
-    return SAMPLERS[name](prior, op, y, sigmas_vp(STEPS[name]), noise_std=0.3, generator=seeded(seed), **kwargs)
+    sigmas = sigmas_vp(STEPS[name])
+    return SAMPLERS[name](prior, op, y, sigmas, noise_std=0.3, generator=seeded(seed), **kwargs)
 
 
 def _batch(y: torch.Tensor, B: int = 4) -> torch.Tensor:
@@ -119,7 +120,8 @@ def test_complex_mri_operator_with_a_two_channel_prior():
     covs = 0.05 * torch.eye(2 * size * size, dtype=torch.float64).expand(2, -1, -1)
     prior = GaussianMixture(means, covs, shape=(2, size, size))
     maps = torch.from_numpy(sigpy.mri.birdcage_maps((4, size, size))).to(torch.complex128)
-    op = MultiCoilMRI(maps, fastmri_mask((size, size), 2, 0.25, kind="equispaced", seed=0).double()) @ RealToComplex()
+    mask = fastmri_mask((size, size), 2, 0.25, kind="equispaced", seed=0).double()
+    op = MultiCoilMRI(maps, mask) @ RealToComplex()
     x_true = prior.sample(1, generator=g)
     y = GaussianNoise(0.01)(op.A(x_true), generator=g)
     for name, sample in (("deepinv_dps", sample_deepinv_dps), ("deepinv_diffpir", sample_deepinv_diffpir)):
