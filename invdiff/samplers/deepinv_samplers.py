@@ -208,7 +208,7 @@ def sample_deepinv_dps(
     380 s on a busy one). On ``invdiff.tasks.ct(image="ct")`` (30 views, ``ct_64`` prior, 1000
     steps) the weight must shrink with the operator's gain (:math:`\|A\| \approx 43` there, 1
     for MRI): 3000 gives 6.76 / .136, 100 gives 26.92 / .891 (FBP 26.17 / .697; DDS, 100 steps,
-    28.97 / .848; ``sample_dps`` 9.44 / .030 with ``zeta = 1``, ZETA_CT with ``zeta = 0.03``).
+    28.97 / .848; ``sample_dps`` 9.44 / .030 with ``zeta = 1``, 26.78 / .804 with ``zeta = 0.03``).
 
     Args:
         denoiser: the prior, :math:`D(x, \sigma)`; must be differentiable in ``x``.
