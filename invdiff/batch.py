@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from invdiff.fileio import atomic_write, atomic_write_text
+from invdiff.fileio import atomic_write, atomic_write_text, json_safe
 from invdiff.metrics import ssim
 
 log = logging.getLogger(__name__)
@@ -279,19 +279,25 @@ def _order(summary_methods: list[dict], settings: Sequence[str], methods: Sequen
     return sorted(summary_methods, key=rank)
 
 
+def _pm(mean: float, std: float, digits: int) -> str:
+    return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def markdown_summary(summary: dict) -> str:
-    """The summary as a markdown table: mean ± std over volumes per setting and method."""
+    """The summary as a markdown table: per setting and method, NFE, PSNR, SSIM and NMSE (mean ±
+    std over volumes), seconds per slice, volumes and slices; then the skipped files and failures."""
     lines = [
-        "| setting | method | NFE | PSNR (dB) | SSIM | NMSE | s / slice | volumes | slices | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| setting | method | NFE | PSNR (dB) | SSIM | NMSE | s / slice | volumes | slices |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in summary["methods"]:
+        failed = f" ({e['failed']} failed)" if e["failed"] else ""
         lines.append(
-            f"| {e['setting']} | {e['method']} | {e['nfe']} | {e['psnr']:.2f} ± {e['psnr_std']:.2f} | "
-            f"{e['ssim']:.3f} ± {e['ssim_std']:.3f} | {e['nmse']:.4f} ± {e['nmse_std']:.4f} | "
-            f"{e['seconds_per_slice']:.2f} | {len(e['volumes'])} | {e['slices']} | {e['failed']} |"
+            f"| {e['setting']} | {e['method']} | {e['nfe']} | {_pm(e['psnr'], e['psnr_std'], 2)} | "
+            f"{_pm(e['ssim'], e['ssim_std'], 3)} | {_pm(e['nmse'], e['nmse_std'], 4)} | "
+            f"{e['seconds_per_slice']:.2f} | {len(e['volumes'])} | {e['slices']}{failed} |"
         )
-    text = "\n".join(lines)
+    text = "\n".join(lines) + "\n\nMeans ± standard deviations over volumes (fastMRI's per-volume metrics)."
     if summary.get("skipped"):
         text += "\n\nSkipped files:\n" + "\n".join(f"- `{s['file']}`: {s['error']}" for s in summary["skipped"])
     if summary.get("failed"):
@@ -390,20 +396,10 @@ def merge(out_dir: Path, *, settings: Sequence[str] = (), methods: Sequence[str]
         writer.writeheader()
         writer.writerows({k: r[k] for k in ROW_FIELDS} for r in rows)
         atomic_write_text(out_dir / "rows.csv", buffer.getvalue())
-        atomic_write_text(out_dir / "summary.json", json.dumps(_json_safe(summary), indent=1) + "\n")
+        atomic_write_text(out_dir / "summary.json", json.dumps(json_safe(summary), indent=1) + "\n")
         atomic_write_text(out_dir / "summary.md", markdown_summary(summary) + "\n")
         assemble_submission(out_dir, rows, expected)
     return summary
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invdiff.batch import merge, slice_path, target_path
+from invdiff.batch import markdown_summary, merge, slice_path, target_path
 from invdiff.fileio import atomic_write, atomic_write_text
 
 
@@ -33,31 +33,7 @@ def load_summary(run_dir: Path) -> dict:
     order = json.loads(existing.read_text())["methods"] if existing.is_file() else []
     settings = list(dict.fromkeys(e["setting"] for e in order))
     methods = list(dict.fromkeys(e["method"] for e in order))
-    return json.loads(json.dumps(merge(run_dir, settings=settings, methods=methods), default=str))
-
-
-def markdown_table(summary: dict) -> str:
-    """Per setting and method: NFE, PSNR, SSIM, NMSE (mean ± std over volumes), seconds per slice."""
-    lines = [
-        "| setting | method | NFE | PSNR (dB) | SSIM | NMSE | s / slice | volumes | slices |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for e in summary["methods"]:
-        lines.append(
-            f"| {e['setting']} | {e['method']} | {e['nfe']} | {_pm(e['psnr'], e['psnr_std'], 2)} | "
-            f"{_pm(e['ssim'], e['ssim_std'], 3)} | {_pm(e['nmse'], e['nmse_std'], 4)} | "
-            f"{e['seconds_per_slice']:.2f} | {len(e['volumes'])} | {e['slices']}{' (' + str(e['failed']) + ' failed)' if e['failed'] else ''} |"
-        )
-    text = "\n".join(lines) + "\n\nMeans ± standard deviations over volumes (fastMRI's per-volume metrics)."
-    if summary.get("skipped"):
-        text += " Skipped files: " + ", ".join(f"`{s['file']}`" for s in summary["skipped"]) + "."
-    return text
-
-
-def _pm(mean, std, digits: int) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return merge(run_dir, settings=settings, methods=methods)
 
 
 def _png(fig) -> bytes:
@@ -75,7 +51,7 @@ def plot_psnr_vs_nfe(summary: dict) -> bytes:
     settings = list(dict.fromkeys(e["setting"] for e in summary["methods"]))
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
-        entries = [e for e in summary["methods"] if e["setting"] == setting and e["psnr"] is not None]
+        entries = [e for e in summary["methods"] if e["setting"] == setting and not math.isnan(e["psnr"])]
         for k, e in enumerate(entries):
             colour = f"C{k % 10}"
             if e["nfe"] > 0:
@@ -175,7 +151,7 @@ def write_report(run_dir: Path) -> str:
     summary = load_summary(run_dir)
     if not summary["methods"]:
         raise ValueError(f"run folder: {run_dir} holds no finished slices yet")
-    text = markdown_table(summary)
+    text = markdown_summary(summary)
     figures = {"psnr_vs_nfe.png": plot_psnr_vs_nfe(summary), "seconds.png": plot_seconds(summary),
                "examples.png": plot_examples(run_dir, summary)}
     for name, data in figures.items():

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from invdiff.benchmarks.common import markdown_table
 from invdiff.metrics import sliced_wasserstein
-from invdiff.fileio import atomic_write
+from invdiff.fileio import atomic_write, json_safe
 from invdiff.priors.gmm import GaussianMixture
 from operators.base import Matrix
 
@@ -284,16 +284,6 @@ def _csv_text(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def plot(summary: Sequence[dict], dims: Sequence[int]) -> bytes:
     """PNG, one column per dimension: mean SW against NFE (top; dashed: the floor for each chain
     count) and, when some entry sweeps ``N``, against ``N`` (bottom; dashed: the floor, dotted:
@@ -425,7 +415,7 @@ def gmm_benchmark(
               "samplers": {n: samplers[n] for n in run}}
     atomic_write(out / "gmm.csv", lambda path: path.write_text(_csv_text(rows)))
     record = {"config": config, "seconds": total, "problems": problems, "rows": rows, "summary": summary}
-    atomic_write(out / "gmm.json", lambda path: path.write_text(json.dumps(_json_safe(record), indent=1)))
+    atomic_write(out / "gmm.json", lambda path: path.write_text(json.dumps(json_safe(record), indent=1)))
     atomic_write(out / "gmm.png", lambda path: path.write_bytes(plot(summary, list(dims))))
     return "\n".join([
         f"### Exact GMM posteriors (MCGDiff setup): sliced W{p} to {num_samples} exact samples, "

@@ -173,10 +173,13 @@ def _prepare(
     num_particles: int,
     ess_threshold: float,
     kappa: float | None,
+    data_std: float | None,
 ) -> tuple[list[float], tuple[int, ...], torch.device, torch.dtype, float, Ensemble]:
     r"""Check the inputs; the schedule, shape, device, dtype, ``kappa`` (default :math:`\|A\|^2`
     for linear operators, else 1) and the particle layout."""
     check_measurement(y, name)
+    if data_std is not None and not data_std > 0:
+        raise ValueError(f"{name}: data_std: expected > 0 or None, got {data_std}")
     check_particles(num_particles, ess_threshold, name)
     check_noise(noise_std, name)
     sigma_list = check_sigmas(sigmas)
@@ -343,10 +346,8 @@ def sample_smc_ensemble(
         )
     if tilt not in TILTS:
         raise ValueError(f"{name}: tilt: expected one of {', '.join(TILTS)}, got {tilt!r}")
-    if data_std is not None and not data_std > 0:
-        raise ValueError(f"{name}: data_std: expected > 0 or None, got {data_std}")
     sigma_list, shape, device, dtype, kappa, ensemble = _prepare(
-        name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa
+        name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa, data_std
     )
     ys = ensemble.repeat(y)
     x = initial_noise(sigma_list[0], (ensemble.B * ensemble.N, *shape[1:]), generator=generator, device=device,
@@ -490,10 +491,8 @@ def sample_tds(
     """
     start = time.perf_counter()
     name = NAME_TDS
-    if data_std is not None and not data_std > 0:
-        raise ValueError(f"{name}: data_std: expected > 0 or None, got {data_std}")
     sigma_list, shape, device, dtype, kappa, ensemble = _prepare(
-        name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa
+        name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, kappa, data_std
     )
     ys = ensemble.repeat(y)
 
