@@ -29,6 +29,7 @@ key of :data:`invdiff.samplers.BASELINES`, with ``params``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -225,10 +226,27 @@ def ct_volumes(root: str | Path, size: int = 64, *, slab: int = 2, count: int = 
 # --------------------------------------------------------------------------------------------
 
 
+def _check_params(fn, params: dict, where: str, given: int, fixed: Sequence[str] = ()) -> None:
+    """Raise before any slice runs when ``params`` names an argument ``fn`` does not take; the
+    first ``given`` arguments and the names in ``fixed`` are passed by the benchmark itself."""
+    accepted = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted):
+        return
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    options = [p.name for p in accepted[given:] if p.kind in keyword and p.name not in fixed]
+    unknown = sorted(set(params) - set(options))
+    if unknown:
+        raise ValueError(f"{where}.params: {unknown} are not options of {fn.__name__}; expected some of {options}")
+
+
 def build_methods(methods: dict[str, dict], prior_name: str | None, device: str = "cpu") -> dict:
-    """``{name: (problem, generator) -> (x, info)}`` from the config's ``methods`` entries."""
+    """``{name: (problem, generator) -> (x, info)}`` from the config's ``methods`` entries.
+
+    Unknown samplers, baselines, schedules and keyword options raise here, naming the config key,
+    before any slice runs.
+    """
     from invdiff.samplers import BASELINES, SAMPLERS
-    from invdiff.schedules import make_sigmas
+    from invdiff.schedules import SCHEDULES, make_sigmas
 
     built = {}
     denoiser = None
@@ -240,6 +258,7 @@ def build_methods(methods: dict[str, dict], prior_name: str | None, device: str 
             if key not in BASELINES:
                 raise ValueError(f"methods.{name}.baseline: {key!r} is not one of {sorted(BASELINES)}")
             fn = BASELINES[key]
+            _check_params(fn, params, f"methods.{name}", 2)
 
             def run(problem, generator, fn=fn, params=params):
                 return fn(problem.op, problem.y, **params)
@@ -248,6 +267,11 @@ def build_methods(methods: dict[str, dict], prior_name: str | None, device: str 
             key = entry["sampler"]
             if key not in SAMPLERS:
                 raise ValueError(f"methods.{name}.sampler: {key!r} is not one of {sorted(SAMPLERS)}")
+            fn = SAMPLERS[key]
+            _check_params(fn, params, f"methods.{name}", 4, ("noise_std", "generator"))
+            schedule = entry.get("schedule", "vp")
+            if schedule not in SCHEDULES:
+                raise ValueError(f"methods.{name}.schedule: {schedule!r} is not one of {sorted(SCHEDULES)}")
             if denoiser is None:
                 if prior_name is None:
                     raise ValueError(f"methods.{name}: a sampler needs the benchmark's prior; set benchmark.prior")
@@ -255,9 +279,8 @@ def build_methods(methods: dict[str, dict], prior_name: str | None, device: str 
 
                 denoiser = load_packaged(prior_name).to(device)
             steps = int(entry.get("steps", 50))
-            sigmas = make_sigmas(entry.get("schedule", "vp"), steps, sigma_min=denoiser.sigma_min,
+            sigmas = make_sigmas(schedule, steps, sigma_min=denoiser.sigma_min,
                                  sigma_max=denoiser.sigma_max, **dict(entry.get("schedule_params") or {}))
-            fn = SAMPLERS[key]
 
             def run(problem, generator, fn=fn, params=params, sigmas=sigmas):
                 op, y = problem.op, problem.y.to(device)

@@ -252,3 +252,25 @@ def test_a_slice_range_runs_those_slices_of_every_volume(tmp_path):
         assert f["reconstruction"].shape == (2, 24, 24) and list(f.attrs["slices"]) == [1, 2]
     with pytest.raises(ValueError, match=r"data.slices: expected \[start, stop\]"):
         run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "bad", slices=(1,))
+
+
+@pytest.mark.parametrize("benchmark", ["mri", "ct"])
+def test_every_configured_method_builds(benchmark):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "benchmark" / f"{benchmark}.yaml"))
+    built = build_methods({m: cfg["methods"][m] for m in cfg["run"]}, cfg["prior"])
+    assert sorted(built) == sorted(cfg["run"])
+    assert all(callable(fn) for fn in built.values())
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"sampler": "dds", "params": {"cg_step": 3}}, r"methods\.m\.params: \['cg_step'\].*cg_steps"),
+    ({"baseline": "tv", "params": {"lamda": 0.3}}, r"methods\.m\.params: \['lamda'\].*'lam'"),
+    ({"sampler": "dds", "schedule": "cosine"}, r"methods\.m\.schedule: 'cosine'.*karras"),
+    ({"sampler": "nope"}, r"methods\.m\.sampler: 'nope'"),
+    ({"baseline": "nope"}, r"methods\.m\.baseline: 'nope'"),
+])
+def test_a_misconfigured_method_names_its_key_before_any_slice_runs(entry, message):
+    with pytest.raises(ValueError, match=message):
+        build_methods({"m": entry}, None)
