@@ -201,7 +201,10 @@ def sample_deepinv_dps(
     ==========  ============  ==========================  ==========  ============
 
     The guidance is sharp: too weak and the sample ignores the data, too strong and it breaks
-    up (8000 at 1000 steps, 3000 at 200 steps); 3000 keeps a margin below the break. On the
+    up (8000 at 1000 steps, 3000 at 200 steps); 3000 keeps a margin below the break. It does not
+    carry over between images: on ``benchmark=mri``'s second volume ``"norm"`` at 1000 to 3000
+    broke up at 8x (15.7 to 17.8 dB, L1-wavelet 22.6), and ``"annealed"`` with weight 5 was the
+    most stable of both forms across its volumes (BENCHMARKS.md, "Batch benchmarks"). On the
     same slice: zero-filled 17.53 / .401, CG-SENSE 23.11 / .545,
     :func:`~invdiff.samplers.dps.sample_dps` (``zeta = 1``, 1000 steps) 29.02 / .919 in 98 s;
     deepinv's DPS takes 91 to 106 s for 1000 steps on one CPU thread of a quiet machine (220 to
