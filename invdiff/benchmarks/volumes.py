@@ -23,7 +23,8 @@ relative attenuation; each slice is projected with a parallel beam (sparse views
 limited wedge), with Gaussian noise of ``noise_std`` drawn from the slice's seed.
 
 Methods are posterior samplers (``sampler``: a key of :data:`invdiff.samplers.SAMPLERS`, with
-``steps``, ``schedule`` and ``params``) with the benchmark's prior, or baselines (``baseline``: a
+``steps``, ``schedule``, ``schedule_params`` and ``params``; the schedule spans the prior's
+noise range unless ``schedule_params`` sets ``sigma_min`` or ``sigma_max``) with the benchmark's prior, or baselines (``baseline``: a
 key of :data:`invdiff.samplers.BASELINES`, with ``params``).
 """
 
@@ -279,8 +280,13 @@ def build_methods(methods: dict[str, dict], prior_name: str | None, device: str 
 
                 denoiser = load_packaged(prior_name).to(device)
             steps = int(entry.get("steps", 50))
-            sigmas = make_sigmas(schedule, steps, sigma_min=denoiser.sigma_min,
-                                 sigma_max=denoiser.sigma_max, **dict(entry.get("schedule_params") or {}))
+            # The prior's noise range unless schedule_params narrows it (e.g. sigma_max).
+            schedule_params = {"sigma_min": denoiser.sigma_min, "sigma_max": denoiser.sigma_max,
+                               **dict(entry.get("schedule_params") or {})}
+            try:
+                sigmas = make_sigmas(schedule, steps, **schedule_params)
+            except TypeError as err:
+                raise ValueError(f"methods.{name}.schedule_params: {err}") from None
 
             def run(problem, generator, fn=fn, params=params, sigmas=sigmas):
                 op, y = problem.op, problem.y.to(device)

@@ -274,3 +274,15 @@ def test_every_configured_method_builds(benchmark):
 def test_a_misconfigured_method_names_its_key_before_any_slice_runs(entry, message):
     with pytest.raises(ValueError, match=message):
         build_methods({"m": entry}, None)
+
+
+def test_schedule_params_narrow_the_noise_range_and_a_misspelt_one_names_its_key():
+    import inspect
+
+    entry = {"sampler": "reddiff", "steps": 10, "schedule": "loglinear", "schedule_params": {"sigma_max": 0.2}}
+    run = build_methods({"m": entry}, "mri_brain_64")["m"]
+    sigmas = inspect.signature(run).parameters["sigmas"].default
+    assert sigmas[0].item() == pytest.approx(0.2) and sigmas[-1].item() == 0 and len(sigmas) == 11
+    entry["schedule_params"] = {"sigma_maximum": 0.2}
+    with pytest.raises(ValueError, match=r"methods\.m\.schedule_params: .*sigma_maximum"):
+        build_methods({"m": entry}, "mri_brain_64")
