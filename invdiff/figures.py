@@ -7,21 +7,33 @@ from pathlib import Path
 from torch import Tensor
 
 
+def _panel(image: Tensor, vmax: float):
+    """``(C, H, W)`` (C = 1 or 3) or ``(H, W)`` as what ``imshow`` takes, scaled to ``[0, 1]``."""
+    image = image.detach().cpu().float()
+    if image.ndim == 3:
+        image = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+    return (image / vmax).clamp(0, 1).numpy()
+
+
 def comparison_figure(
-    truth: Tensor,
+    truth: Tensor | None,
     baseline: Tensor,
     recon: Tensor,
     *,
     titles: tuple[str, str, str],
-    scores: tuple[dict, dict],
+    scores: tuple[dict | None, dict | None],
     path: Path,
 ) -> None:
-    """Save a four-panel PNG: the three ``(H, W)`` images on one grey scale and ``|recon - truth|``.
+    """Save a PNG: the reference, baseline and reconstruction on one scale, and ``|recon - truth|``.
+
+    Without a reference (``truth`` is ``None``: a measurement with no ground truth) the figure
+    has the baseline and the reconstruction only, on the scale of the reconstruction's 99.5th
+    percentile.
 
     Args:
-        truth, baseline, recon: real display images.
-        titles: titles of the first three panels.
-        scores: metrics of the baseline and of the reconstruction (``psnr``, ``ssim``).
+        truth, baseline, recon: real display images ``(C, H, W)`` (1 or 3 channels) or ``(H, W)``.
+        titles: titles of the reference, baseline and reconstruction panels.
+        scores: metrics (``psnr``, ``ssim``) of the baseline and of the reconstruction, or ``None``.
         path: the PNG file.
     """
     import matplotlib
@@ -29,18 +41,25 @@ def comparison_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vmax = float(truth.max())
-    error = (recon - truth).abs()
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
-    panels = [(truth, titles[0]), (baseline, f"{titles[1]}\n"), (recon, f"{titles[2]}\n")]
-    panels[1] = (baseline, panels[1][1] + f"{scores[0]['psnr']:.2f} dB, SSIM {scores[0]['ssim']:.3f}")
-    panels[2] = (recon, panels[2][1] + f"{scores[1]['psnr']:.2f} dB, SSIM {scores[1]['ssim']:.3f}")
-    for ax, (image, title) in zip(axes, panels):
-        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=vmax)
-        ax.set_title(title, fontsize=9)
-    im = axes[3].imshow(error.numpy(), cmap="magma", vmin=0, vmax=0.25 * vmax)
-    axes[3].set_title("|reconstruction - truth|", fontsize=9)
-    fig.colorbar(im, ax=axes[3], fraction=0.046)
+    vmax = float(truth.max()) if truth is not None else float(recon.float().flatten().quantile(0.995))
+    vmax = vmax if vmax > 0 else 1.0
+
+    def title(name: str, score: dict | None) -> str:
+        return name if score is None else f"{name}\n{score['psnr']:.2f} dB, SSIM {score['ssim']:.3f}"
+
+    panels = [(baseline, title(titles[1], scores[0])), (recon, title(titles[2], scores[1]))]
+    if truth is not None:
+        panels.insert(0, (truth, titles[0]))
+    fig, axes = plt.subplots(1, len(panels) + (truth is not None), figsize=(3 * (len(panels) + 1), 3.4))
+    for ax, (image, name) in zip(axes, panels):
+        ax.imshow(_panel(image, vmax), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+    if truth is not None:
+        error = (recon.float() - truth.float()).abs()
+        error = error.mean(0) if error.ndim == 3 else error
+        im = axes[-1].imshow(error.numpy(), cmap="magma", vmin=0, vmax=0.25 * vmax)
+        axes[-1].set_title("|reconstruction - reference|", fontsize=9)
+        fig.colorbar(im, ax=axes[-1], fraction=0.046)
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()

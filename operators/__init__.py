@@ -6,6 +6,7 @@ imports :mod:`invdiff`.
 
 from operators.base import (
     Adjoint,
+    CenterCrop,
     Composition,
     Identity,
     Matrix,
@@ -22,7 +23,7 @@ from operators.base import (
 from operators.cg import batch_dot, conjugate_gradient
 from operators.inpainting import Inpainting, box_mask, freeform_mask, random_pixel_mask
 from operators.interop import from_deepinv, to_deepinv
-from operators.noise import GaussianNoise, PoissonNoise
+from operators.noise import GaussianNoise, PoissonNoise, estimate_kspace_noise_std
 from operators.nonlinear import PhaseRetrieval, TransmissionCT
 from operators.superres import SuperResolution
 from operators.ct import (
@@ -36,5 +37,14 @@ from operators.ct import (
     sparse_view_angles,
     uniform_angles,
 )
-from operators.masks import acceleration_of, fastmri_mask, poisson_disc_mask, volume_seed
-from operators.mri import MultiCoilMRI, SingleCoilMRI, coil_combine, espirit_maps, fft2c, ifft2c, rss
+from operators.masks import acceleration_of, acs_lines, fastmri_mask, poisson_disc_mask, volume_seed
+from operators.mri import (
+    MultiCoilMRI,
+    SingleCoilMRI,
+    coil_combine,
+    espirit_maps,
+    fft2c,
+    ifft2c,
+    lowres_coil_maps,
+    rss,
+)

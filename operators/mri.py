@@ -28,8 +28,8 @@ a normal operator :math:`A^H A` whose FFTs along that axis cancel, so it runs on
 from __future__ import annotations
 
 import math
+import numbers
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -331,6 +331,78 @@ def coil_combine(coil_images: Tensor, coil_maps: Tensor) -> Tensor:
     return torch.where(covered, num / torch.where(covered, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
+_EIGH_CHUNK_BYTES = 1 << 26
+"""The most memory the per-pixel ESPIRiT matrices of one chunk of rows take (64 MiB)."""
+
+
+def _centred(n: int, m: int) -> slice:
+    """The central ``m`` of ``n`` indices, in sigpy's ``resize`` convention (from ``n // 2 - m // 2``)."""
+    start = n // 2 - m // 2
+    return slice(start, start + m)
+
+
+def _fourier_phases(n: int, taps: int, device: torch.device) -> Tensor:
+    r"""``(n, 2 taps - 1)`` complex128: :math:`e^{2\pi i d (x - n//2) / n}` for pixel ``x`` and lag ``d``.
+
+    Lags are in the FFT order of a length ``2 taps - 1`` axis: ``0, 1, ..., taps - 1, -(taps - 1),
+    ..., -1``. Integer phases modulo ``n`` keep the angles exact before the one rounding.
+    """
+    m = 2 * taps - 1
+    lags = torch.arange(m, device=device)
+    lags = torch.where(lags < taps, lags, lags - m)
+    x = torch.arange(n, device=device) - n // 2
+    turns = torch.remainder(x[:, None] * lags[None, :], n).double()
+    return torch.polar(torch.ones_like(turns), (2 * math.pi / n) * turns)
+
+
+def _phase_to_first_coil(maps: Tensor) -> Tensor:
+    """``maps`` times the conjugate phase of its first coil (dim -3), left as is where that coil is 0."""
+    first = maps[..., :1, :, :]
+    mag = first.abs()
+    nonzero = mag > 0
+    unit = first.conj() / torch.where(nonzero, mag, torch.ones_like(mag))
+    return maps * torch.where(nonzero, unit, torch.ones_like(unit))
+
+
+def _espirit_one(
+    kspace: Tensor, calib: tuple[int, int], kernel: tuple[int, int], thresh: float, crop: float
+) -> Tensor:
+    r"""ESPIRiT maps of one volume, ``(C, H, W)`` complex128 in and out; see :func:`espirit_maps`."""
+    C, H, W = kspace.shape
+    (h, w), (kh, kw) = calib, kernel
+    # 1. The calibration (Hankel) matrix: one row per kernel position in the calibration region,
+    # columns (coil, kernel row, kernel column).
+    region = kspace[:, _centred(H, h), _centred(W, w)]
+    blocks = region.unfold(1, kh, 1).unfold(2, kw, 1)  # (C, h - kh + 1, w - kw + 1, kh, kw)
+    mat = blocks.permute(1, 2, 0, 3, 4).reshape(-1, C * kh * kw)
+    # 2. The kernels: the rows of V^H whose singular values exceed thresh times the largest.
+    _, S, Vh = torch.linalg.svd(mat, full_matrices=False)
+    kernels = Vh[S > thresh * S.max()].reshape(-1, C, kh, kw)
+    # 3. Each kernel zero-padded to (H, W) and inverse-FFT'd is a trigonometric polynomial K_k(x),
+    # and the per-pixel matrix sum_k K_k K_k^H * HW / (kh kw) depends only on the lags between
+    # kernel taps: G_ij[d] = sum_k sum_{p - q = d} v_k[i, p] conj(v_k[j, q]), a correlation
+    # computed by FFT on a (2 kh - 1, 2 kw - 1) grid, where it does not wrap around.
+    lags = (2 * kh - 1, 2 * kw - 1)
+    spectra = torch.fft.fft2(kernels, s=lags)
+    G = torch.fft.ifft2(torch.einsum("kiab,kjab->ijab", spectra, spectra.conj()))
+    G = G / (kh * kw)
+    # 4. The lag sums along W once; along H one chunk of rows at a time, then the exact top
+    # eigenvector of every pixel's Hermitian C x C matrix.
+    Gw = torch.einsum("ijmn,yn->ijmy", G, _fourier_phases(W, kw, kspace.device))
+    Eh = _fourier_phases(H, kh, kspace.device)
+    rows = max(1, _EIGH_CHUNK_BYTES // (W * C * C * kspace.element_size()))
+    maps = torch.empty_like(kspace)
+    for start in range(0, H, rows):
+        stop = min(start + rows, H)
+        AHA = torch.einsum("rm,ijmy->ryij", Eh[start:stop], Gw)
+        eigenvalues, eigenvectors = torch.linalg.eigh(AHA)
+        top = eigenvectors[..., -1].permute(2, 0, 1)  # (C, rows, W)
+        # 5. Phase relative to the first coil, zero where the top eigenvalue is at most crop.
+        kept = eigenvalues[..., -1] > crop
+        maps[:, start:stop] = torch.where(kept, _phase_to_first_coil(top), torch.zeros_like(top))
+    return maps
+
+
 def espirit_maps(
     kspace: Tensor,
     calib_width: int = 24,
@@ -339,50 +411,177 @@ def espirit_maps(
     *,
     kernel_width: int = 6,
     max_iter: int = 100,
+    calib_shape: tuple[int, int] | None = None,
 ) -> Tensor:
-    r"""ESPIRiT coil maps from the centre of k-space (``sigpy.mri.app.EspiritCalib``).
+    r"""ESPIRiT coil maps (one set) from a fully sampled calibration region at the centre of k-space.
 
-    The maps have :math:`\sum_c |S_c|^2 = 1` where the ESPIRiT eigenvalue exceeds ``crop`` and
-    are zero elsewhere; their phase is relative to the first coil.
+    A torch transcription of ``sigpy.mri.app.EspiritCalib`` (sigpy 0.1.27) that also takes a
+    rectangular calibration region, so that the few fully sampled centre columns (ACS lines) of
+    undersampled fastMRI data suffice: ``calib_shape=(24, w)`` with ``w`` the widest centred
+    region inside the run of :func:`operators.masks.acs_lines` (given there). The steps are
+    sigpy's:
+
+    1. the calibration matrix of all ``kh x kw`` k-space patches (all coils) of the central
+       ``calib_shape`` region (sigpy's ``resize`` centring: rows from ``H // 2 - h // 2``,
+       columns from ``W // 2 - w // 2``), with ``kh = min(kernel_width, h)`` and
+       ``kw = min(kernel_width, w)``;
+    2. its SVD, keeping the rows of :math:`V^H` whose singular value exceeds ``thresh`` times the
+       largest;
+    3. each kernel zero-padded (centred) to ``(H, W)`` and inverse FFT'd (centred, orthonormal),
+       giving :math:`K_k(x) \in \mathbb C^C`, and at every pixel the Hermitian matrix
+       :math:`\frac{HW}{k_h k_w} \sum_k K_k(x) K_k(x)^H`;
+    4. its top eigenvector, with phase relative to the first coil, zeroed where the top
+       eigenvalue is at most ``crop``.
+
+    Differences from sigpy, none of which changes the result beyond rounding: the eigenvectors
+    come from ``torch.linalg.eigh`` (exact) instead of ``max_iter`` power iterations; the
+    per-pixel matrices are built from the lag correlations of the kernels (step 3 needs only
+    differences of kernel taps) and decomposed a chunk of rows at a time (at most
+    ``_EIGH_CHUNK_BYTES`` of them at once), so memory stays bounded for 15 coils at 320 x 372;
+    the work runs in complex128 on ``kspace``'s device. Where power iteration has not converged
+    (nearly equal top eigenvalues, typically at the edges of the field of view) sigpy's maps
+    differ from these exact ones.
+
+    A region only a little wider than the kernel (8 columns for the 6-wide kernel) leaves the
+    eigenvalue under ``crop`` over much of the object; fastMRI's 30 (4x) or 15 (8x) ACS columns
+    are enough. For fewer, lower ``crop`` or ``kernel_width``, or use :func:`lowres_coil_maps`.
+
+    The maps have :math:`\sum_c |S_c|^2 = 1` where the eigenvalue exceeds ``crop`` and are zero
+    elsewhere. They do not change when ``kspace`` is scaled by a constant (the kernels are
+    singular vectors and the threshold is relative).
 
     Args:
-        kspace: centred multi-coil k-space, ``(C, H, W)`` or ``(B, C, H, W)`` complex; only the
-            central ``calib_width`` square is used, so undersampled k-space with a fully sampled
-            centre works.
-        calib_width: side of the calibration square.
-        thresh: singular values of the calibration matrix below ``thresh`` times the largest
+        kspace: centred multi-coil k-space, ``(C, H, W)`` or ``(B, C, H, W)`` complex. Only the
+            calibration region is read, so undersampled k-space works when that region is fully
+            sampled.
+        calib_width: side of the square calibration region (sigpy's ``calib_width``); ignored
+            when ``calib_shape`` is given.
+        thresh: singular values of the calibration matrix at most ``thresh`` times the largest
             are discarded.
-        crop: eigenvalue threshold under which maps are set to zero.
-        kernel_width: side of the ESPIRiT kernel.
-        max_iter: power iterations.
+        crop: eigenvalue threshold, in ``[0, 1]``, at or under which maps are set to zero.
+        kernel_width: side of the ESPIRiT kernel (shrunk to the calibration region along an axis
+            where that is narrower).
+        max_iter: sigpy's number of power iterations; accepted for compatibility and unused,
+            as the eigenvectors are exact.
+        calib_shape: ``(h, w)``, a rectangular calibration region (readout rows, phase-encode
+            columns), each between 1 and the k-space size; overrides ``calib_width``.
 
     Returns:
         maps, the shape, dtype and device of ``kspace``.
-    """
-    from sigpy.mri.app import EspiritCalib
 
+    Raises:
+        ValueError: ``kspace`` is not complex ``(C, H, W)`` or ``(B, C, H, W)``, or the
+            calibration region, kernel width, ``thresh`` or ``crop`` is out of range.
+    """
     check_tensor(kspace, "kspace", complex_=True)
     if kspace.ndim not in (3, 4):
         raise ValueError(f"kspace: expected (C, H, W) or (B, C, H, W), got shape {tuple(kspace.shape)}")
     H, W = kspace.shape[-2:]
-    if not kernel_width <= calib_width <= min(H, W):
-        raise ValueError(
-            f"calib_width: expected between kernel_width={kernel_width} and the k-space size "
-            f"min(H, W) = {min(H, W)}, got {calib_width}"
-        )
+    if isinstance(kernel_width, bool) or not isinstance(kernel_width, numbers.Integral) or kernel_width < 1:
+        raise ValueError(f"kernel_width: expected a positive integer, got {kernel_width!r}")
+    if calib_shape is None:
+        if not kernel_width <= calib_width <= min(H, W):
+            raise ValueError(
+                f"calib_width: expected between kernel_width={kernel_width} and the k-space size "
+                f"min(H, W) = {min(H, W)}, got {calib_width}"
+            )
+        calib = (int(calib_width), int(calib_width))
+    else:
+        valid = isinstance(calib_shape, (tuple, list, torch.Size)) and len(calib_shape) == 2
+        if not valid or any(
+            isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= n
+            for s, n in zip(calib_shape, (H, W))
+        ):
+            raise ValueError(
+                f"calib_shape: expected (h, w), two integers between 1 and the k-space size ({H}, {W}), "
+                f"got {calib_shape!r}"
+            )
+        calib = (int(calib_shape[0]), int(calib_shape[1]))
+    if not 0 <= thresh < 1:
+        raise ValueError(f"thresh: expected a relative singular-value threshold in [0, 1), got {thresh}")
     if not 0 <= crop <= 1:
         raise ValueError(f"crop: expected an eigenvalue threshold in [0, 1], got {crop}")
-    batch = kspace.reshape(-1, *kspace.shape[-3:]).detach().cpu().numpy().astype(np.complex128)
-    maps = [
-        EspiritCalib(
-            ksp,
-            calib_width=calib_width,
-            thresh=thresh,
-            kernel_width=kernel_width,
-            crop=crop,
-            max_iter=max_iter,
-            show_pbar=False,
-        ).run()
-        for ksp in batch
-    ]
-    return torch.from_numpy(np.stack(maps)).reshape(kspace.shape).to(device=kspace.device, dtype=kspace.dtype)
+    kernel = (min(kernel_width, calib[0]), min(kernel_width, calib[1]))
+    batch = kspace.detach().reshape(-1, *kspace.shape[-3:]).to(torch.complex128)
+    maps = torch.stack([_espirit_one(ksp, calib, kernel, thresh, crop) for ksp in batch])
+    return maps.reshape(kspace.shape).to(kspace.dtype)
+
+
+def _hann(n: int, device: torch.device) -> Tensor:
+    r"""``(n,)`` float64, :math:`\sin^2(\pi (k + 1/2) / n)`: a Hann taper without zero taps."""
+    k = torch.arange(n, dtype=torch.float64, device=device)
+    return torch.sin(math.pi * (k + 0.5) / n).square()
+
+
+def _boxcar(n: int, device: torch.device) -> Tensor:
+    """``(n,)`` float64 ones: no taper."""
+    return torch.ones(n, dtype=torch.float64, device=device)
+
+
+_WINDOWS = {"hann": _hann, "boxcar": _boxcar}
+"""Tapers of the ACS columns in :func:`lowres_coil_maps`, by name."""
+
+
+def lowres_coil_maps(
+    kspace: Tensor,
+    acs: tuple[int, int],
+    *,
+    window: str = "hann",
+    eps_fraction: float = 0.05,
+) -> Tensor:
+    r"""Coil maps from the ACS lines alone: low-resolution coil images over their root sum of squares.
+
+    The classic estimate: per coil, the ACS columns ``acs[0], ..., acs[1] - 1``
+    tapered by ``window`` along the phase-encode direction (all readout rows kept), everything
+    else zeroed, then
+
+    .. math:: S_c = \frac{x_c}{\sqrt{\sum_{c'} |x_{c'}|^2}}, \qquad x_c = \mathcal F_c^{-1}(w \odot y_c),
+
+    with the phase of the first coil removed, as in :func:`espirit_maps`, so that
+    :math:`\sum_c |S_c|^2 = 1` on the support and the first coil is real non-negative. The
+    support is where the root sum of squares exceeds ``eps_fraction`` times its maximum (per
+    volume); the maps are zero elsewhere. Works for ACS widths down to one column, where the
+    maps can only vary along the readout direction.
+
+    Args:
+        kspace: centred multi-coil k-space, ``(C, H, W)`` or ``(B, C, H, W)`` complex; only the
+            ACS columns are read.
+        acs: ``(start, stop)``, the fully sampled centre columns, e.g. from
+            :func:`operators.masks.acs_lines`; ``0 <= start < stop <= W``.
+        window: the taper along the ACS columns, ``"hann"`` (:math:`\sin^2(\pi (k + 1/2) / n)`,
+            no zero taps, so 1, 2 or 3 columns still count) or ``"boxcar"`` (none).
+        eps_fraction: the support threshold relative to the largest root sum of squares, in
+            ``[0, 1)``.
+
+    Returns:
+        maps, the shape, dtype and device of ``kspace``.
+
+    Raises:
+        ValueError: ``kspace`` is not complex ``(C, H, W)`` or ``(B, C, H, W)``, or ``acs``,
+            ``window`` or ``eps_fraction`` is out of range.
+    """
+    check_tensor(kspace, "kspace", complex_=True)
+    if kspace.ndim not in (3, 4):
+        raise ValueError(f"kspace: expected (C, H, W) or (B, C, H, W), got shape {tuple(kspace.shape)}")
+    W = kspace.shape[-1]
+    valid = isinstance(acs, (tuple, list)) and len(acs) == 2
+    if not valid or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in acs):
+        raise ValueError(f"acs: expected (start, stop), two integers, got {acs!r}")
+    start, stop = int(acs[0]), int(acs[1])
+    if not 0 <= start < stop <= W:
+        raise ValueError(f"acs: expected 0 <= start < stop <= W = {W}, got {acs!r}")
+    if window not in _WINDOWS:
+        raise ValueError(f"window: expected one of {sorted(_WINDOWS)}, got {window!r}")
+    if not 0 <= eps_fraction < 1:
+        raise ValueError(f"eps_fraction: expected a fraction in [0, 1), got {eps_fraction}")
+    # 1. The tapered ACS columns, zero elsewhere.
+    taper = torch.zeros(W, dtype=torch.float64, device=kspace.device)
+    taper[start:stop] = _WINDOWS[window](stop - start, kspace.device)
+    images = ifft2c(kspace.detach() * cast_like(taper, kspace))
+    # 2. Divide by the root sum of squares on its support; the first coil's phase removed.
+    root = rss(images, dim=-3, keepdim=True)
+    peak = root.amax(dim=(-2, -1), keepdim=True)
+    support = root > eps_fraction * peak
+    maps = images / torch.where(support, root, torch.ones_like(root))
+    maps = _phase_to_first_coil(maps)
+    return torch.where(support, maps, torch.zeros_like(maps))

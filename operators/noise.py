@@ -1,6 +1,11 @@
-"""Measurement noise models. Noise is separate from the operator and always takes a generator."""
+"""Measurement noise models, and the noise level of measured k-space.
+
+Noise is separate from the operator and always takes a generator.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -57,3 +62,69 @@ class PoissonNoise:
 
     def __repr__(self) -> str:
         return f"PoissonNoise(photons={self.photons}, normalize={self.normalize})"
+
+
+def estimate_kspace_noise_std(kspace: Tensor, mask: Tensor | None = None, *, band: float = 0.125) -> float:
+    r"""The noise level :math:`s` of measured k-space, from its high readout frequencies.
+
+    For complex circular Gaussian noise with :math:`\mathbb E|n|^2 = s^2` (the convention of
+    :class:`GaussianNoise`), :math:`|n|` is Rayleigh with median :math:`s \sqrt{\ln 2}`. The
+    outer ``band`` fraction of readout rows at each end (rows are dim -2; the highest readout
+    frequencies carry little signal) of the sampled samples gives
+
+    .. math:: \hat s = \operatorname{median}|y| / \sqrt{\ln 2},
+
+    pooled over coils and any leading dimensions (slices). The median shrugs off the few samples
+    where signal remains; what signal is left biases the estimate upwards. Scaling ``kspace`` by
+    ``c`` scales the estimate by ``|c|``.
+
+    Args:
+        kspace: centred k-space, ``(..., C, H, W)`` complex, zero-filled where not sampled.
+        mask: real sampling mask broadcastable against ``kspace``, e.g. ``(W,)``, ``(H, W)`` or
+            ``(B, 1, H, W)``; only samples where it is positive count. With ``None``, samples
+            that are exactly zero (unsampled) are left out instead.
+        band: the fraction of the ``H`` readout rows taken at each end, in ``(0, 0.5]``; at
+            least one row and at most ``H // 2`` per end.
+
+    Returns:
+        :math:`\hat s`, in ``kspace``'s units.
+
+    Raises:
+        ValueError: ``kspace`` is not complex with at least 3 dimensions, ``mask`` does not
+            broadcast against it, ``band`` is out of range, or no sample is left in the band.
+    """
+    if not isinstance(kspace, Tensor):
+        raise ValueError(f"kspace: expected a torch.Tensor, got {type(kspace).__name__}")
+    if not kspace.is_complex() or kspace.ndim < 3:
+        raise ValueError(
+            f"kspace: expected complex (..., C, H, W), got dtype {kspace.dtype} "
+            f"and shape {tuple(kspace.shape)}"
+        )
+    if not 0 < band <= 0.5:
+        raise ValueError(f"band: expected a fraction of the readout rows in (0, 0.5], got {band}")
+    H = kspace.shape[-2]
+    rows = max(1, min(round(band * H), H // 2))
+    # 1. Which samples count: sampled (mask > 0) or, without a mask, non-zero.
+    if mask is None:
+        keep = kspace != 0
+    else:
+        if not isinstance(mask, Tensor) or mask.is_complex():
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask: expected a real tensor, got {got}")
+        try:
+            keep = torch.broadcast_to(mask.to(kspace.device) > 0, kspace.shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"mask: expected a shape broadcastable against kspace {tuple(kspace.shape)}, "
+                f"got {tuple(mask.shape)}"
+            ) from err
+    # 2. The outer rows at both ends.
+    outer = torch.cat([kspace[..., :rows, :], kspace[..., H - rows :, :]], dim=-2)
+    keep = torch.cat([keep[..., :rows, :], keep[..., H - rows :, :]], dim=-2)
+    magnitudes = outer.detach().abs()[keep]
+    if magnitudes.numel() == 0:
+        raise ValueError(
+            f"kspace: no sampled, non-zero sample in the outer {rows} readout rows at each end "
+            f"(band={band}), nothing to estimate the noise from"
+        )
+    return float(magnitudes.double().median()) / math.sqrt(math.log(2))

@@ -1,7 +1,10 @@
-"""Reconstruct one task with one sampler: ``python scripts/reconstruct.py task=mri sampler=dds``.
+"""Reconstruct one problem with one method: ``python scripts/reconstruct.py task=mri sampler=dds``.
 
 Writes into the run directory: ``reconstruction.npy``, ``baseline.npy``, ``metrics.json``,
-``figure.png`` and the resolved ``config.yaml``.
+``figure.png`` and the resolved ``config.yaml``. ``task=fastmri task.file=<h5> task.slice=<k>``
+reconstructs a slice of one's own fastMRI file (``task=ct task.image=<file>``, ``task=ct_sinogram
+task.file=<file>``: one's own CT image or sinogram); without a reference in the file the
+metrics are left out and the figure has no reference column.
 """
 
 from pathlib import Path
@@ -12,31 +15,30 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from invdiff.pipeline import check_run_dir, reconstruct, resolve_device, save_result
-from invdiff.schedules import make_sigmas
+from invdiff.run import Method, check_run_dir, reconstruct, save_result
+
+
+def _describe(name: str, scores: dict | None) -> str:
+    return name if scores is None else f"{name} PSNR {scores['psnr']:.2f} dB SSIM {scores['ssim']:.3f}"
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_dir(run_dir, cfg.overwrite)
-    task = instantiate(cfg.task)
+    entry = OmegaConf.to_container(cfg.sampler, resolve=True)
+    name = entry.pop("name")
+    method = Method.from_config(name, {"sampler": name, **entry}, where="sampler")
+    problem = instantiate(cfg.task)
     prior = instantiate(cfg.prior)
-    sigmas = make_sigmas(
-        cfg.sampler.schedule, cfg.sampler.steps, sigma_min=prior.sigma_min, sigma_max=prior.sigma_max,
-        **cfg.sampler.schedule_params,
-    )
-    with tqdm(total=len(sigmas) - 1, desc=f"{cfg.sampler.name} on {task.name}", disable=not cfg.progress) as bar:
-        result = reconstruct(
-            task, prior, cfg.sampler.name, sigmas, seed=cfg.seed, device=resolve_device(cfg.device),
-            params=OmegaConf.to_container(cfg.sampler.params), callback=lambda _: bar.update(1),
-        )
-    save_result(result, task, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
-    rec, base = result.metrics["reconstruction"], result.metrics["baseline_metrics"]
+    with tqdm(total=method.steps, desc=f"{method.name} on {problem.name}", disable=not cfg.progress) as bar:
+        result = reconstruct(problem, prior, method, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
+                             callback=lambda _: bar.update(1))
+    save_result(result, problem, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    m = result.metrics
     print(
-        f"{task.name}: {cfg.sampler.name} PSNR {rec['psnr']:.2f} dB SSIM {rec['ssim']:.3f} | "
-        f"{task.baseline} PSNR {base['psnr']:.2f} dB SSIM {base['ssim']:.3f} | "
-        f"{result.metrics['nfe']} NFE, {result.metrics['seconds']:.1f} s -> {run_dir}"
+        f"{problem.name}: {_describe(method.name, m['reconstruction'])} | {_describe(m['baseline'], m['baseline_metrics'])}"
+        f" | {m['nfe']} NFE, {m['seconds']:.1f} s -> {run_dir}"
     )
 
 

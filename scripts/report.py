@@ -7,7 +7,7 @@ Writes ``report.md``, ``psnr_vs_nfe.png``, ``seconds.png`` and ``examples.png`` 
 import argparse
 from pathlib import Path
 
-from invdiff.report import write_report
+from invdiff.batch.report import write_report
 
 
 def main() -> None:

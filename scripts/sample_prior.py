@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from invdiff.figures import image_grid
-from invdiff.pipeline import resolve_device
+from invdiff.run import resolve_device
 from invdiff.samplers import UNCONDITIONAL
 from invdiff.schedules import sigmas_karras
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from invdiff.data.datasets import load_split
 from invdiff.figures import image_grid
-from invdiff.pipeline import resolve_device
+from invdiff.run import resolve_device
 from invdiff.priors.unet import edm_unet, save_prior
 from invdiff.samplers import sample_heun
 from invdiff.schedules import sigmas_karras

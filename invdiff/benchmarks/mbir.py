@@ -1,10 +1,11 @@
 """DiffusionMBIR on the volume tasks: quality against slice-by-slice DDS and the classical
 baseline, and the network's peak memory as a function of ``slice_batch``.
 
-Quality: each case (a volume task with its arguments) runs the task's baseline, DDS slice by
-slice (no coupling along z), DiffusionMBIR in the paper's form (ADMM-TV on the noisy state, one
-CG step, ancestral steps) and in DDS's decomposed form (ADMM-TV from the Tweedie estimate, 5 CG
-steps), all with the task's default prior, the same schedule and seed 0. PSNR and SSIM are over
+Quality: each case (a volume task with its arguments and a prior, given by the config as a
+factory) runs the task's baseline, DDS slice by slice (no coupling along z), DiffusionMBIR in the
+paper's form (ADMM-TV on the noisy state, one CG step, ancestral steps) and in DDS's decomposed
+form (ADMM-TV from the Tweedie estimate, 5 CG steps), all with the case's prior, the VP schedule
+and seed 0, through :func:`invdiff.run.run_method`. PSNR and SSIM are over
 the whole volume (SSIM per slice, averaged); ``TV-z`` is the mean absolute difference between
 neighbouring slices of the output (the truth's is in the case's first row).
 
@@ -15,11 +16,14 @@ the wall time per step.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import torch
 
 from invdiff.benchmarks.common import MALLOC_ENV, PeakMemory, markdown_table, run_isolated
+from invdiff.priors.base import Denoiser
+from invdiff.problems import PROBLEMS
+from invdiff.run import Method, baseline_method, run_method
 
 METHODS = {
     "dds": ("dds", {}),
@@ -35,69 +39,44 @@ LABELS = {
 }
 
 
-def _problem(task: str, kwargs: dict, data_root: str):
-    from invdiff import tasks3d
-    from invdiff.priors.packaged import load_packaged
-    from invdiff.priors.phantom import phantom_gaussian
-
-    built = getattr(tasks3d, task)(**kwargs)
-    if task == "ct3d":
-        prior = phantom_gaussian(built.x_true.shape[-1], cache_dir=f"{data_root}/priors")
-    else:
-        prior = load_packaged("mri_brain_64")
-    return built, prior
-
-
-def _tv_z(task, x: torch.Tensor) -> float:
-    image = task.image(x)
+def _tv_z(problem, x: torch.Tensor) -> float:
+    image = problem.image(x)
     return float((image[1:] - image[:-1]).abs().mean())
 
 
-def quality_case(*, task: str, kwargs: dict, steps: int, methods: list[str], mbir_params: dict, threads: int,
-                 data_root: str) -> list[dict]:
-    """Baseline and ``methods`` on one volume task; one row per method."""
-    from invdiff.pipeline import score
-    from invdiff.samplers import BASELINES, SAMPLERS
-    from invdiff.schedules import sigmas_vp
+def _method(name: str, steps: int, mbir_params: dict) -> Method:
+    sampler, params = METHODS[name]
+    params = {**mbir_params, **params} if sampler == "diffusion_mbir" else params
+    return Method(name, sampler=sampler, steps=steps, params=params, where=f"benchmark.cases.{name}")
 
+
+def quality_case(*, task: str, kwargs: dict, prior: Callable[[], Denoiser], steps: int, methods: list[str],
+                 mbir_params: dict, threads: int) -> list[dict]:
+    """Baseline and ``methods`` on one volume task; one row per method."""
     torch.set_num_threads(threads)
-    problem, prior = _problem(task, kwargs, data_root)
+    problem, denoiser = PROBLEMS[task](**kwargs), prior()
     label = f"{task} " + ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    start = time.perf_counter()
-    x_base, _ = BASELINES[problem.baseline](problem.op, problem.y, **problem.baseline_kwargs)
-    rows = [{"case": label, "method": problem.baseline, "nfe": 0, **score(problem, x_base),
-             "seconds": time.perf_counter() - start, "tv_z": _tv_z(problem, x_base),
-             "tv_z_true": _tv_z(problem, problem.x_true)}]
-    sigmas = sigmas_vp(steps)
-    for method in methods:
-        name, params = METHODS[method]
-        params = {**mbir_params, **params} if name == "diffusion_mbir" else params
-        start = time.perf_counter()
-        x, info = SAMPLERS[name](prior, problem.op, problem.y, sigmas, noise_std=problem.noise_std,
-                                 generator=torch.Generator().manual_seed(0), shape=tuple(problem.x_true.shape),
-                                 **params)
-        rows.append({"case": label, "method": LABELS[method], "nfe": info["nfe"], **score(problem, x),
-                     "seconds": time.perf_counter() - start, "tv_z": _tv_z(problem, x)})
+    x_base, info = run_method(baseline_method(problem), problem, generator=torch.Generator().manual_seed(0))
+    rows = [{"case": label, "method": problem.baseline, "nfe": 0, **problem.score(x_base),
+             "seconds": info["seconds"], "tv_z": _tv_z(problem, x_base), "tv_z_true": _tv_z(problem, problem.x_true)}]
+    for name in methods:
+        x, info = run_method(_method(name, steps, mbir_params), problem, denoiser,
+                             generator=torch.Generator().manual_seed(0))
+        rows.append({"case": label, "method": LABELS[name], "nfe": info["nfe"], **problem.score(x),
+                     "seconds": info["seconds"], "tv_z": _tv_z(problem, x)})
     return rows
 
 
-def memory_case(*, task: str, kwargs: dict, steps: int, slice_batch: int, mbir_params: dict, threads: int,
-                data_root: str) -> dict:
+def memory_case(*, task: str, kwargs: dict, prior: Callable[[], Denoiser], steps: int, slice_batch: int,
+                mbir_params: dict, threads: int) -> dict:
     """Peak memory and time per step of DiffusionMBIR at one ``slice_batch``."""
-    from invdiff.samplers import sample_diffusion_mbir
-    from invdiff.schedules import sigmas_vp
-
     torch.set_num_threads(threads)
-    problem, prior = _problem(task, kwargs, data_root)
-    params = {**mbir_params, **METHODS["mbir_decomposed"][1], "slice_batch": slice_batch}
+    problem, denoiser = PROBLEMS[task](**kwargs), prior()
+    method = _method("mbir_decomposed", steps, {**mbir_params, "slice_batch": slice_batch})
     with PeakMemory() as peak:
-        start = time.perf_counter()
-        _, info = sample_diffusion_mbir(prior, problem.op, problem.y, sigmas_vp(steps), noise_std=problem.noise_std,
-                                        generator=torch.Generator().manual_seed(0),
-                                        shape=tuple(problem.x_true.shape), **params)
-        seconds = time.perf_counter() - start
-    return {"slice_batch": slice_batch, "slices": problem.x_true.shape[0], "peak_mib": peak.peak_mib,
-            "step_s": seconds / info["nfe"]}
+        _, info = run_method(method, problem, denoiser, generator=torch.Generator().manual_seed(0))
+    return {"slice_batch": slice_batch, "slices": problem.batch, "peak_mib": peak.peak_mib,
+            "step_s": info["seconds"] / info["nfe"]}
 
 
 QUALITY_COLUMNS = [
@@ -117,19 +96,20 @@ MEMORY_COLUMNS = [
 ]
 
 
-def mbir_benchmark(*, cases: list[dict], memory: dict, mbir_params: dict, threads: int, data_root: str) -> str:
-    """``cases``: ``{task, kwargs, steps, methods}``; ``memory``: ``{task, kwargs, steps, slice_batches}``."""
+def mbir_benchmark(*, cases: list[dict], memory: dict, mbir_params: dict, threads: int) -> str:
+    """``cases``: ``{task, kwargs, prior, steps, methods}``; ``memory``: ``{task, kwargs, prior, steps,
+    slice_batches}``; each ``prior`` a factory of the case's denoiser (a picklable callable)."""
     rows, notes = [], []
     for case in cases:
         case_rows = run_isolated(quality_case, task=case["task"], kwargs=dict(case.get("kwargs", {})),
-                                 steps=case["steps"], methods=list(case["methods"]), mbir_params=mbir_params,
-                                 threads=threads, data_root=data_root)
+                                 prior=case["prior"], steps=case["steps"], methods=list(case["methods"]),
+                                 mbir_params=mbir_params, threads=threads)
         notes.append(f"- {case_rows[0]['case']}: {case['steps']} steps; true TV-z {case_rows[0]['tv_z_true']:.4f}")
         rows += case_rows
     memory_rows = [
         run_isolated(memory_case, env=MALLOC_ENV, task=memory["task"], kwargs=dict(memory.get("kwargs", {})),
-                     steps=memory["steps"], slice_batch=b, mbir_params=mbir_params, threads=threads,
-                     data_root=data_root)
+                     prior=memory["prior"], steps=memory["steps"], slice_batch=b, mbir_params=mbir_params,
+                     threads=threads)
         for b in memory["slice_batches"]
     ]
     params = ", ".join(f"{k}={v}" for k, v in mbir_params.items())

@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from torch import Tensor
 
+from invdiff.fileio import atomic_path, atomic_write_text
 from operators.base import RealToComplex
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("wb") as f:
+    """``np.save`` to ``path``, atomically; through a file object, as ``np.save`` would append
+    ``.npy`` to the temporary name."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.save(f, array)
-    tmp.replace(path)
 
 
 def build_dataset(
@@ -47,7 +47,7 @@ def build_dataset(
         _write_npy(folder / f"{split}.npy", images.numpy().astype(dtype))
     info_path = folder / "info.json"
     if not info_path.is_file():
-        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
     return folder
 
 
@@ -209,6 +209,59 @@ def ct(
 DATASETS["ct"] = ct
 
 
+FASTMRI_CENTER_FRACTIONS = {4: 0.08, 8: 0.04}
+"""fastMRI's prospective accelerations and the fraction of fully sampled centre columns of each."""
+
+
+def mri_brain_fastmri_folder(
+    root: str | Path,
+    size: int = 64,
+    coils: int = 8,
+    *,
+    split: str = "test",
+    slab: int = 8,
+    oversample_readout: bool = True,
+    noise_std: float = 0.002,
+    seed: int = 0,
+    width: int | None = None,
+    acceleration: float | None = None,
+    single_coil: bool = False,
+) -> Path:
+    """Where :func:`mri_brain_fastmri` writes a variant: ``root/<name>/<split>``.
+
+    The name is ``mri_brain_fastmri_{size}`` for the default variant and gains a suffix for each
+    setting that differs from the default, so that different variants never share a folder:
+    ``_w{width}`` (``width != size``), ``_c{coils}`` (``coils != 8``, multi-coil only),
+    ``_slab{slab}``, ``_nos`` (no readout oversampling), ``_noise{noise_std:g}``, ``_seed{seed}``,
+    ``_sc`` (single-coil) and ``_x{acceleration:g}_test`` (prospective), in that order; e.g.
+    ``mri_brain_fastmri_320_w372_c6_slab2`` or ``mri_brain_fastmri_16_sc_x4_test``.
+
+    Args:
+        as :func:`mri_brain_fastmri`.
+
+    Returns:
+        the folder of that split.
+    """
+    name = f"mri_brain_fastmri_{size}"
+    if width is not None and width != size:
+        name += f"_w{width}"
+    if coils != 8 and not single_coil:
+        name += f"_c{coils}"
+    if slab != 8:
+        name += f"_slab{slab}"
+    if not oversample_readout:
+        name += "_nos"
+    if noise_std != 0.002:
+        name += f"_noise{noise_std:g}"
+    if seed != 0:
+        name += f"_seed{seed}"
+    if single_coil:
+        name += "_sc"
+    if acceleration is not None:
+        name += f"_x{acceleration:g}_test"
+    return Path(root) / name / split
+
+
 def mri_brain_fastmri(
     root: str | Path,
     size: int = 64,
@@ -219,15 +272,55 @@ def mri_brain_fastmri(
     oversample_readout: bool = True,
     noise_std: float = 0.002,
     seed: int = 0,
+    width: int | None = None,
+    acceleration: float | None = None,
+    single_coil: bool = False,
 ) -> Path:
-    """Multi-coil brain volumes in fastMRI's file layout: ``root/mri_brain_fastmri_{size}/{split}``.
+    """Brain volumes in fastMRI's file layout (:mod:`invdiff.data.fastmri.io`), in
+    :func:`mri_brain_fastmri_folder` (``root/mri_brain_fastmri_{size}/{split}`` by default).
 
     Every ``slab`` consecutive slices of the split (one random contrast and phase per volume,
-    unmoved) become one volume: k-space of the birdcage-coil images (``sigpy.mri.birdcage_maps``),
-    with the readout (H) sampled twice as finely as the image when ``oversample_readout`` (k-space
-    ``(slices, coils, 2 size, size)``, reconstruction size ``size x size``, as in fastMRI's
-    files), plus complex Gaussian noise of ``noise_std``. ``reconstruction_rss`` is the
-    noiseless RSS at the reconstruction size. Complete volumes are reused.
+    unmoved) become one volume ``brain_{split}_{v:03d}.h5``:
+
+    1. the ``size x size`` complex image is zero-padded to ``H x W``: along the readout to
+       ``H = 2 size`` when ``oversample_readout`` (the 2x readout oversampling of fastMRI's
+       files), along the phase encodes to ``W = width``; as in fastMRI, where 640 x 372 k-space
+       has a 320 x 320 target, the header's reconstruction size stays ``size x size``;
+    2. k-space is the centred FFT of the birdcage-coil images (``sigpy.mri.birdcage_maps`` over
+       the ``H x W`` field of view), ``(slices, coils, H, W)``, or of the image itself when
+       ``single_coil`` (``(slices, H, W)``), plus complex Gaussian noise of ``noise_std``;
+    3. the target is the noiseless ``reconstruction_rss`` (multi-coil) or ``reconstruction_esc``
+       (single-coil) at the reconstruction size, the centre crop of the RSS (or magnitude) of the
+       padded image;
+    4. with ``acceleration``, the file is a prospective (test) file instead: k-space zero outside
+       the columns of fastMRI's equispaced mask for the file
+       (``operators.fastmri_mask((H, W), acceleration, FASTMRI_CENTER_FRACTIONS[acceleration],
+       kind="equispaced", seed=operators.volume_seed(file name))``, the kind behind fastMRI's
+       multi-coil brain data), the ``mask`` dataset, attributes ``acceleration`` and
+       ``num_low_frequency``, and no target.
+
+    The random draws (contrast, phase, noise) do not depend on ``width``, ``acceleration`` or
+    ``single_coil``. Complete volumes are reused.
+
+    Args:
+        root: the data root.
+        size: the image (reconstruction) side.
+        coils: the number of coils (multi-coil files).
+        split: the anatomy split (:data:`invdiff.data.anatomy.SPLITS`).
+        slab: slices per volume.
+        oversample_readout: sample the readout twice as finely as the image.
+        noise_std: the k-space noise standard deviation.
+        seed: seeds each volume's draws (``seed * 1000 + v``).
+        width: the k-space phase-encode width ``W >= size``; ``None`` takes ``size``.
+        acceleration: write prospective test files at this acceleration, 4 or 8
+            (:data:`FASTMRI_CENTER_FRACTIONS`); ``None`` writes fully sampled files with a target.
+        single_coil: one coil, the image itself, with fastMRI's single-coil target.
+
+    Returns:
+        the folder of the volumes.
+
+    Raises:
+        ValueError: ``width`` is smaller than ``size``, or ``acceleration`` is not 4 or 8.
     """
     import sigpy.mri
     import torch
@@ -236,13 +329,26 @@ def mri_brain_fastmri(
     from invdiff.data.anatomy import synthesize, tissue_maps
     from invdiff.data.fastmri import reconstruct_rss, write_volume
     from invdiff.data.phantoms import smooth_phase
+    from operators import fastmri_mask, volume_seed
     from operators.mri import fft2c
 
-    folder = Path(root) / f"mri_brain_fastmri_{size}" / split
+    width = size if width is None else int(width)
+    if width < size:
+        raise ValueError(f"width: expected the k-space width W >= size = {size}, got {width}")
+    if acceleration is not None and acceleration not in FASTMRI_CENTER_FRACTIONS:
+        raise ValueError(
+            f"acceleration: expected one of fastMRI's {sorted(FASTMRI_CENTER_FRACTIONS)} or None, "
+            f"got {acceleration}"
+        )
+    folder = mri_brain_fastmri_folder(
+        root, size, coils, split=split, slab=slab, oversample_readout=oversample_readout, noise_std=noise_std,
+        seed=seed, width=width, acceleration=acceleration, single_coil=single_coil,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     maps_all = tissue_maps(split, size)
     height = 2 * size if oversample_readout else size
-    sens = torch.from_numpy(sigpy.mri.birdcage_maps((coils, height, size))).to(torch.complex64)
+    if not single_coil:
+        sens = torch.from_numpy(sigpy.mri.birdcage_maps((coils, height, width))).to(torch.complex64)
     paths = []
     for v, start in enumerate(range(0, maps_all.shape[0] - slab + 1, slab)):
         path = folder / f"brain_{split}_{v:03d}.h5"
@@ -255,16 +361,28 @@ def mri_brain_fastmri(
         magnitude = synthesize(maps, g, family=family)
         phase = smooth_phase(size, g, amplitude=math.pi / 2).float()
         image = torch.polar(magnitude, phase.expand_as(magnitude))
-        # 1. Field of view twice as long along the readout: zero-pad the image, as a scanner's
-        #    2x readout oversampling would see it.
-        pad = (height - size) // 2
-        image = F.pad(image, (0, 0, pad, height - size - pad))
-        clean = fft2c(sens[None] * image[:, None])
+        # 1. Field of view twice as long along the readout (zero-padded, as a scanner's 2x readout
+        #    oversampling would see it) and W columns wide.
+        pad, pad_w = (height - size) // 2, (width - size) // 2
+        image = F.pad(image, (pad_w, width - size - pad_w, pad, height - size - pad))
+        # 2. Coil images and their k-space; the target before the noise.
+        clean = fft2c(image[:, None] if single_coil else sens[None] * image[:, None])
         target = reconstruct_rss(clean, (size, size))
         noisy = clean + noise_std * torch.randn(clean.shape, dtype=clean.dtype, generator=g)
-        header = {"encoding_size": (height, size, 1), "recon_size": (size, size, 1)}
-        write_volume(path, noisy, reconstruction_rss=target, header=header,
-                     attrs={"acquisition": ["AXT1", "AXT2", "AXPD"][int(family[0])], "patient_id": f"mni-{split}-{v}"})
+        header = {"encoding_size": (height, width, 1), "recon_size": (size, size, 1)}
+        attrs = {"acquisition": ["AXT1", "AXT2", "AXPD"][int(family[0])], "patient_id": f"mni-{split}-{v}"}
+        kspace = noisy[:, 0] if single_coil else noisy
+        if acceleration is not None:
+            # 3. A prospective file: fastMRI's mask for this file name, no target.
+            fraction = FASTMRI_CENTER_FRACTIONS[acceleration]
+            lines = fastmri_mask((height, width), acceleration, fraction, kind="equispaced",
+                                 seed=volume_seed(path.name))[0]
+            attrs.update(acceleration=int(acceleration), num_low_frequency=round(width * fraction))
+            write_volume(path, kspace, mask=lines, header=header, attrs=attrs)
+        elif single_coil:
+            write_volume(path, kspace, reconstruction_esc=target, header=header, attrs=attrs)
+        else:
+            write_volume(path, kspace, reconstruction_rss=target, header=header, attrs=attrs)
     return folder
 
 

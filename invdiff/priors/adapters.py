@@ -22,6 +22,10 @@ Data range. A prior models images in the range it was trained on; most public ch
 network's own range; :func:`range_affine` computes the pair for two ranges, e.g.
 ``range_affine((0, 1), (-1, 1)) == (2.0, -1.0)`` lets a :math:`[-1, 1]` model serve
 :math:`[0, 1]` images. ``sigma_min``/``sigma_max`` are reported in the caller's units.
+
+Image size. An adapter's ``size_multiple`` comes from the wrapped network
+(:func:`network_size_multiple`): the spatial sizes it accepts are multiples of it, whatever its
+training size ``shape``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,34 @@ def range_affine(
     return scale, mlo - scale * lo
 
 
+def network_size_multiple(model: nn.Module | Callable) -> int:
+    """The number every spatial size a network accepts must be a multiple of.
+
+    * A network that declares ``size_multiple`` (an ``int``): that number. invdiff's
+      :class:`~invdiff.priors.unet.UNet` and :class:`~invdiff.priors.adm.ADMUNet` declare
+      ``2 ** (len(channel_mult) - 1)``; the diffusers wrapper of
+      :func:`~invdiff.priors.checkpoints.load_diffusers` ``2 ** (len(block_out_channels) - 1)``.
+    * An EDM-layout network (deepinv's ``ADMUNet`` and ``NCSNpp``, NVlabs' ``SongUNet`` and
+      ``DhariwalUNet``), recognised by its ``enc`` dict with one ``"<res>x<res>_down"`` block per
+      level after the first: ``2 ** (len(channel_mult) - 1)``, counted from those blocks.
+    * Anything else (a plain callable, an unknown network): 1, any size; set the adapter's
+      ``size_multiple`` by hand when that is wrong.
+
+    Args:
+        model: the wrapped network.
+
+    Returns:
+        A positive integer.
+    """
+    declared = getattr(model, "size_multiple", None)
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        return declared
+    enc = getattr(model, "enc", None)
+    if isinstance(enc, nn.ModuleDict):
+        return 2 ** sum(1 for name in enc if name.endswith("_down") and "aux" not in name)
+    return 1
+
+
 def _expand(v: Tensor, x: Tensor) -> Tensor:
     """``(B,)`` -> ``(B, 1, ..., 1)`` broadcastable against ``x``."""
     return v.view(-1, *([1] * (x.ndim - 1)))
@@ -82,6 +114,7 @@ class _Adapter(Denoiser):
         self.data_scale = float(data_scale)
         self.data_shift = float(data_shift)
         self.shape = tuple(int(s) for s in shape) if shape is not None else None
+        self.size_multiple = network_size_multiple(model)
 
     def _to_model(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """Caller's ``(x, sigma)`` -> the network's range; ``sigma`` is ``(B,)``."""
@@ -128,7 +161,8 @@ class VPDenoiser(_Adapter):
         timesteps: ``"continuous"`` or ``"nearest"``, see above.
         data_scale, data_shift: the affine map from the caller's data to the network's range
             (see the module docstring).
-        shape: ``(C, H, W)`` the prior models, if fixed.
+        shape: ``(C, H, W)`` the prior was trained at, if known (it runs at other sizes too, see
+            ``size_multiple``).
 
     ``alphas_cumprod`` is a float64 buffer; ``.to(device)`` moves it, but ``.float()`` or
     ``.half()`` on the adapter would round it too: cast ``denoiser.model`` instead.
@@ -243,7 +277,8 @@ class EDMDenoiser(_Adapter):
         model: ``F(x: (B, C, H, W), c_noise: (B,)) -> (B, C, H, W)``.
         sigma_data: :math:`\sigma_d`, the data's standard deviation in the network's range.
         data_scale, data_shift: the affine map from the caller's data to the network's range.
-        shape: ``(C, H, W)`` the prior models, if fixed.
+        shape: ``(C, H, W)`` the prior was trained at, if known (it runs at other sizes too, see
+            ``size_multiple``).
         sigma_min, sigma_max: the trained noise range, in the network's units.
     """
 
@@ -297,7 +332,8 @@ class ScaledDenoiser(_Adapter):
     Args:
         model: ``model(x: (B, C, H, W), sigma: (B,)) -> (B, C, H, W)``.
         data_scale, data_shift: the affine map from the caller's data to the network's range.
-        shape: ``(C, H, W)`` the prior models, if fixed.
+        shape: ``(C, H, W)`` the prior was trained at, if known (it runs at other sizes too, see
+            ``size_multiple``).
         sigma_min, sigma_max: the trained noise range, in the network's units.
     """
 

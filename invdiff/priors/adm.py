@@ -405,9 +405,14 @@ class ADMUNet(nn.Module):
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
 
+    @property
+    def size_multiple(self) -> int:
+        """``2 ** (len(channel_mult) - 1)``: input ``H`` and ``W`` must be multiples of it."""
+        return 2 ** (self.num_levels - 1)
+
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """ε (and the variance interpolant with ``learn_sigma``) at timestep ``t``; see the class doc."""
-        factor = 2 ** (self.num_levels - 1)
+        factor = self.size_multiple
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
                 f"x: expected (B, {self.in_channels}, H, W) with H, W divisible by {factor}, "

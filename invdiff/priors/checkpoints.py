@@ -155,7 +155,8 @@ def load_adm(
         timesteps: ``"continuous"`` or ``"nearest"`` (see :class:`~invdiff.priors.adapters.VPDenoiser`).
 
     Returns:
-        ``VPDenoiser(ADMUNet, prediction="eps")``; ``shape`` is ``(in_channels, image_size, image_size)``.
+        ``VPDenoiser(ADMUNet, prediction="eps")``; ``shape`` is ``(in_channels, image_size, image_size)``,
+        ``size_multiple`` ``2 ** (len(channel_mult) - 1)``, ``source`` the path.
     """
     if isinstance(config, str):
         if config not in ADM_CONFIGS:
@@ -166,7 +167,7 @@ def load_adm(
     load_state_dict_strict(net, read_state_dict(path), path)
     net.eval().requires_grad_(False)
     cfg = net.config
-    return VPDenoiser(
+    denoiser = VPDenoiser(
         net,
         vp_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod,
         "eps",
@@ -174,6 +175,8 @@ def load_adm(
         shape=(cfg["in_channels"], cfg["image_size"], cfg["image_size"]),
         **_affine(data_range, (-1.0, 1.0)),
     )
+    denoiser.source = str(path)
+    return denoiser
 
 
 def _edm_archs() -> dict[str, type[nn.Module]]:
@@ -212,7 +215,8 @@ def load_edm(
 
     Returns:
         ``ScaledDenoiser`` around the deepinv network; ``shape`` from ``in_channels`` and
-        ``img_resolution`` when given.
+        ``img_resolution`` when given, ``size_multiple`` ``2 ** (len(channel_mult) - 1)`` (counted
+        from the network's downsampling blocks), ``source`` the path.
     """
     archs = _edm_archs()
     if arch not in archs:
@@ -231,15 +235,22 @@ def load_edm(
     net.eval().requires_grad_(False)
     res = config.get("img_resolution")
     shape = (config.get("in_channels", 3), res, res) if res is not None else None
-    return ScaledDenoiser(net, shape=shape, **_affine(data_range, model_range))
+    denoiser = ScaledDenoiser(net, shape=shape, **_affine(data_range, model_range))
+    denoiser.source = str(path)
+    return denoiser
 
 
 class _DiffusersUNet(nn.Module):
-    """``UNet2DModel`` as ``model(x, t) -> tensor``."""
+    """``UNet2DModel`` as ``model(x, t) -> tensor``.
+
+    ``size_multiple``: ``2 ** (len(block_out_channels) - 1)``; every down block but the last
+    halves the resolution.
+    """
 
     def __init__(self, unet: nn.Module):
         super().__init__()
         self.unet = unet
+        self.size_multiple = 2 ** (len(unet.config.block_out_channels) - 1)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.unet(x, t).sample
@@ -293,7 +304,8 @@ def load_diffusers(
         timesteps: ``"continuous"`` or ``"nearest"``.
 
     Returns:
-        ``VPDenoiser`` around the ``UNet2DModel``.
+        ``VPDenoiser`` around the ``UNet2DModel``; ``size_multiple`` ``2 ** (len(block_out_channels) - 1)``,
+        ``source`` the folder.
     """
     try:
         from diffusers import UNet2DModel
@@ -336,7 +348,7 @@ def load_diffusers(
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else size
         shape = (unet.config.in_channels, h, w)
-    return VPDenoiser(
+    denoiser = VPDenoiser(
         _DiffusersUNet(unet),
         _diffusers_alphas_cumprod(sched, found or "default scheduler"),
         _DIFFUSERS_PREDICTIONS[prediction_type],
@@ -344,6 +356,8 @@ def load_diffusers(
         shape=shape,
         **_affine(data_range, (-1.0, 1.0)),
     )
+    denoiser.source = str(folder)
+    return denoiser
 
 
 LAYOUTS = {"invdiff": load_prior, "adm": load_adm, "edm": load_edm, "diffusers": load_diffusers}

@@ -34,7 +34,11 @@ class LowRankGaussian(Denoiser):
         variances: ``(r,)`` variances along the columns of ``basis``.
         residual_variance: :math:`\\tau^2 > 0`, the variance along every other direction.
         shape: ``(C, H, W)`` with ``C H W = d``.
+
+    A fixed-dimension prior: it runs only at exactly ``shape`` (``size_multiple`` is ``None``).
     """
+
+    size_multiple = None
 
     def __init__(self, mean: Tensor, basis: Tensor, variances: Tensor, residual_variance: float, shape):
         super().__init__()
@@ -129,7 +133,10 @@ def save_gaussian(prior: LowRankGaussian, path: str | Path) -> None:
 
 
 def load_gaussian(path: str | Path) -> LowRankGaussian:
-    """Read a prior written by :func:`save_gaussian` (tensors only, ``weights_only=True``)."""
+    """Read a prior written by :func:`save_gaussian` (tensors only, ``weights_only=True``).
+
+    Its ``source`` is ``path``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such Gaussian prior file")
@@ -137,4 +144,6 @@ def load_gaussian(path: str | Path) -> LowRankGaussian:
     missing = {"mean", "basis", "variances", "residual_variance", "shape"} - set(state)
     if missing:
         raise ValueError(f"{path}: not a Gaussian prior file, missing {sorted(missing)}")
-    return LowRankGaussian.from_state(state)
+    prior = LowRankGaussian.from_state(state)
+    prior.source = str(path)
+    return prior

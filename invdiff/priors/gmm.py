@@ -38,7 +38,11 @@ class GaussianMixture(Denoiser):
     ``log_prob`` and ``sample`` take the :math:`O(B K d)` path; ``covs`` may then be an expanded
     tensor (``torch.eye(d).expand(K, d, d)``), which is kept without copying. Otherwise
     ``iso_var`` is ``None``.
+
+    A fixed-dimension prior: it runs only at exactly ``shape`` (``size_multiple`` is ``None``).
     """
+
+    size_multiple = None
 
     def __init__(self, means: Tensor, covs: Tensor, weights: Tensor | None = None, shape=None):
         super().__init__()

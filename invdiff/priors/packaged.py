@@ -20,10 +20,15 @@ def available() -> list[str]:
 
 
 def load_packaged(name: str) -> Denoiser:
-    """The shipped prior ``name`` (see :func:`available`), on the CPU in float32."""
+    """The shipped prior ``name`` (see :func:`available`), on the CPU in float32.
+
+    Its ``source`` is ``"packaged:<name>"``.
+    """
     from invdiff.priors.unet import load_prior
 
     path = WEIGHTS / f"{name}.safetensors"
     if not path.is_file():
         raise ValueError(f"name: expected one of the shipped priors {available()}, got {name!r} (no {path.name})")
-    return load_prior(path)
+    denoiser = load_prior(path)
+    denoiser.source = f"packaged:{name}"
+    return denoiser

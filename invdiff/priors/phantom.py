@@ -32,6 +32,10 @@ def phantom_gaussian(
         n_train: the number of training phantoms.
         rank: the number of principal directions.
         cache_dir: where to keep the fitted prior; ``None`` fits it every time.
+
+    Returns:
+        The prior, ``shape`` ``(1 or 2, size, size)``, fixed-size; its ``source`` is the cache file,
+        or ``"phantom_gaussian:<real|complex>_<size>_n<n_train>_r<rank>"`` without ``cache_dir``.
     """
     kind = "complex" if complex_ else "real"
     path = None if cache_dir is None else Path(cache_dir) / f"phantom_gaussian_{kind}_{size}_n{n_train}_r{rank}.pt"
@@ -41,6 +45,7 @@ def phantom_gaussian(
     if complex_:
         images = RealToComplex().AT(images)
     prior = fit_low_rank_gaussian(images, min(rank, n_train - 1))
+    prior.source = f"phantom_gaussian:{kind}_{size}_n{n_train}_r{rank}" if path is None else str(path)
     if path is not None:
         save_gaussian(prior, path)
     return prior

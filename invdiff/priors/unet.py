@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invdiff.fileio import atomic_path
 from invdiff.priors.adapters import ADAPTERS, EDMDenoiser
 from invdiff.priors.adm import ADMUNet
 from invdiff.priors.base import Denoiser
@@ -234,8 +234,13 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
+    @property
+    def size_multiple(self) -> int:
+        """``2 ** (len(channel_mult) - 1)``: input ``H`` and ``W`` must be multiples of it."""
+        return 2 ** (self.num_levels - 1)
+
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        factor = 2 ** (self.num_levels - 1)
+        factor = self.size_multiple
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
                 f"x: expected (B, {self.in_channels}, H, W) with H, W divisible by {factor}, "
@@ -306,7 +311,8 @@ def require_safetensors():
 def save_prior(path: str | os.PathLike, denoiser: Denoiser) -> None:
     """Write ``denoiser`` (an adapter around a network of :data:`NETWORKS`) to ``path``, atomically.
 
-    The file is written to a temporary name in the same folder and renamed into place.
+    The file is written to a temporary name in the same folder and renamed into place
+    (:func:`invdiff.fileio.atomic_path`); the folder is created if absent.
 
     Args:
         path: target file; ``*.safetensors`` for safetensors, anything else for ``torch.save``.
@@ -326,19 +332,12 @@ def save_prior(path: str | os.PathLike, denoiser: Denoiser) -> None:
         {"adapter": {"kind": kind, **denoiser.config}, "network": {"arch": arch, **net.config}}
     )
     state = {k: v.detach().cpu().contiguous().clone() for k, v in denoiser.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "config": config}
-    try:
+    with atomic_path(path, mkdir=True) as tmp:
         if path.suffix == ".safetensors":
-            require_safetensors().save_file(state, tmp, metadata=meta)
+            require_safetensors().save_file(state, str(tmp), metadata=meta)
         else:
             torch.save({**meta, "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_prior(path: str | os.PathLike) -> Denoiser:
@@ -348,7 +347,8 @@ def load_prior(path: str | os.PathLike) -> Denoiser:
         path: the file.
 
     Returns:
-        The adapter around its network, weights loaded with strict key matching.
+        The adapter around its network, weights loaded with strict key matching; ``source`` is
+        ``path``, ``size_multiple`` the network's.
     """
     # Imported here: checkpoints imports this module for its ``invdiff`` layout.
     from invdiff.priors.checkpoints import load_state_dict_strict, read_checkpoint, require_file
@@ -380,4 +380,5 @@ def load_prior(path: str | os.PathLike) -> Denoiser:
         raise ValueError(f"{path}: unknown adapter {kind!r} or network {arch!r}")
     denoiser = ADAPTERS[kind](NETWORKS[arch](**network), **adapter)
     load_state_dict_strict(denoiser, state, path)
+    denoiser.source = str(path)
     return denoiser.eval().requires_grad_(False)

@@ -265,7 +265,7 @@ def zero_filled(op: LinearOperator, y: Tensor, **_) -> tuple[Tensor, dict]:
     coils' joint sensitivity :math:`\sqrt{\sum_c |S_c|^2}` (1 for sigpy's birdcage maps of the
     ``mri`` task, 1 inside the support of ESPIRiT maps, not in general), as in fastMRI, whose
     reference images are root-sum-of-squares too; it has no phase. On
-    ``invdiff.tasks.mri(image="mri_brain")``: PSNR 17.53 dB, SSIM .401 (:math:`A^H y`: 17.91,
+    ``invdiff.problems.mri(image="mri_brain")``: PSNR 17.53 dB, SSIM .401 (:math:`A^H y`: 17.91,
     .436), in milliseconds.
 
     Args:
@@ -309,9 +309,9 @@ def l1_wavelet(
     :math:`\|A^H A\|`, instead of sigpy's power iteration, which starts from numpy's global
     random state; the result is then deterministic.
 
-    Default ``lamda`` from a sweep on ``invdiff.tasks.mri(image="mri_brain")`` (64 x 64 brain
+    Default ``lamda`` from a sweep on ``invdiff.problems.mri(image="mri_brain")`` (64 x 64 brain
     slice, 8 birdcage coils, 4x equispaced lines, k-space noise std 0.005, seed 0), PSNR (dB) /
-    SSIM of the magnitude against the ground truth (``invdiff.pipeline.score``):
+    SSIM of the magnitude against the ground truth (``Problem.score``):
 
     ============  ============  ============  ============
     lamda         50 iter.      100 iter.     300 iter.
@@ -452,7 +452,7 @@ def tv(
     objective after 200 iterations against 3000 (``r`` 0.3 to 30): within 0.2 % on the CT tasks
     below (best ``r`` 0.3 to 1) and 0.3 % on ``mri`` (best ``r`` 3 to 10).
 
-    Default ``lam`` from a sweep on ``invdiff.tasks.ct(image="ct", views=...)`` (64 x 64 CT
+    Default ``lam`` from a sweep on ``invdiff.problems.ct(image="ct", views=...)`` (64 x 64 CT
     slice, sinogram noise std 0.2, seed 0), 200 iterations, PSNR (dB) / SSIM; "+" is
     ``nonnegative=True``:
 
@@ -473,7 +473,7 @@ def tv(
     (FBP: :func:`fbp_baseline`, ramp filter; CG: :func:`least_squares`, 30 iterations.) On test
     slices 1 and 2, ``lam = 0.3``: 22.24 and 24.39 dB at 8 views (FBP 15.64, 15.56), 30.83 and
     30.98 dB at 30 views (FBP 26.31, 26.09). With 8 views the non-negativity constraint does
-    most of the work and a smaller ``lam`` is best. On ``invdiff.tasks.mri(image="mri_brain")``
+    most of the work and a smaller ``lam`` is best. On ``invdiff.problems.mri(image="mri_brain")``
     (with ``RealToComplex``, TV on the real and imaginary parts): ``lam`` 1e-3, 3e-3, 1e-2, 3e-2
     give 24.30 / .650, 25.15 / .753, 24.26 / .782, 22.81 / .724 (CG-SENSE 23.11 / .545). About
     0.5 s (2 threads) to 2 s (1 thread, busy machine) for 200 iterations at 64 x 64, 30 views.

@@ -73,8 +73,13 @@ def check_finite(x: Tensor, sampler: str, i: int, sigma: float) -> None:
         )
 
 
-def posterior_shape(denoiser: Denoiser, op: Operator, y: Tensor, shape: Sequence[int] | None, sampler: str):
-    """The shape ``(B, ...)`` of the unknown: ``shape`` if given, else from the prior or ``op.AT``."""
+def posterior_shape(op: Operator, y: Tensor, shape: Sequence[int] | None, sampler: str):
+    """The shape ``(B, ...)`` of the unknown: ``shape`` if given, else the shape of ``op.AT(y)``.
+
+    The shape comes from the problem, never from the size the prior was trained at: a
+    convolutional prior trained on 64 x 64 crops runs on a 320 x 320 image. A nonlinear operator
+    has no adjoint to read it from, so its callers pass ``shape``.
+    """
     if shape is not None:
         shape = tuple(int(s) for s in shape)
         if shape[0] != y.shape[0]:
@@ -82,14 +87,11 @@ def posterior_shape(denoiser: Denoiser, op: Operator, y: Tensor, shape: Sequence
                 f"{sampler}: shape: expected the batch size of y ({y.shape[0]}) first, got {shape}"
             )
         return shape
-    prior_shape = getattr(denoiser, "shape", None)
-    if prior_shape is not None:
-        return (y.shape[0], *prior_shape)
     if isinstance(op, LinearOperator):
         return tuple(op.AT(y).shape)
     raise ValueError(
-        f"{sampler}: shape: cannot infer the shape of x (the denoiser has no shape and the operator "
-        f"{op!r} is not linear); pass shape=(B, C, H, W)"
+        f"{sampler}: shape: cannot infer the shape of x from the nonlinear operator {op!r}; "
+        f"pass shape=(B, C, H, W)"
     )
 
 

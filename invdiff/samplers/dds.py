@@ -132,7 +132,7 @@ def sample_dds(
     if gamma is not None and not gamma > 0:
         raise ValueError(f"{NAME}: gamma: expected > 0 or None, got {gamma}")
     sigma_list = check_sigmas(sigmas)
-    shape = posterior_shape(denoiser, op, y, shape, NAME)
+    shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
     cg_residual, gamma_t = None, None

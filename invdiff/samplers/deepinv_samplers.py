@@ -182,7 +182,7 @@ def sample_deepinv_dps(
     from the physics' noise model, which is given ``GaussianNoise(noise_std / (hi - lo))`` for
     that (the physics is never applied with noise).
 
-    Default ``weight`` from a sweep on ``invdiff.tasks.mri(image="mri_brain")`` with the
+    Default ``weight`` from a sweep on ``invdiff.problems.mri(image="mri_brain")`` with the
     ``mri_brain_64`` prior, ``sigmas_vp(steps)``, seed 0 (seeds 1, 2 in brackets), PSNR (dB) /
     SSIM of the magnitude:
 
@@ -208,7 +208,7 @@ def sample_deepinv_dps(
     same slice: zero-filled 17.53 / .401, CG-SENSE 23.11 / .545,
     :func:`~invdiff.samplers.dps.sample_dps` (``zeta = 1``, 1000 steps) 29.02 / .919 in 98 s;
     deepinv's DPS takes 91 to 106 s for 1000 steps on one CPU thread of a quiet machine (220 to
-    380 s on a busy one). On ``invdiff.tasks.ct(image="ct")`` (30 views, ``ct_64`` prior, 1000
+    380 s on a busy one). On ``invdiff.problems.ct(image="ct")`` (30 views, ``ct_64`` prior, 1000
     steps) the weight must shrink with the operator's gain (:math:`\|A\| \approx 43` there, 1
     for MRI): 3000 gives 6.76 / .136, 100 gives 26.92 / .891 (FBP 26.17 / .697; DDS, 100 steps,
     28.97 / .848; ``sample_dps`` 9.44 / .030 with ``zeta = 1``, 26.78 / .804 with ``zeta = 0.03``).
@@ -244,7 +244,7 @@ def sample_deepinv_dps(
     if not weight >= 0:
         raise ValueError(f"{name}: weight: expected >= 0, got {weight}")
     data_range = _check_data_range(data_range, name)
-    shape = posterior_shape(denoiser, op, y, shape, name)
+    shape = posterior_shape(op, y, shape, name)
     device, dtype = measurement_device_dtype(y)
     model = DeepinvDenoiser(denoiser, data_range, dtype, name, callback)
     sampler = deepinv.sampling.DPS(
@@ -294,7 +294,7 @@ def sample_deepinv_diffpir(
     fraction :math:`\zeta`. The last evaluation's estimate is discarded by deepinv, which returns
     the state at its smallest level (0.01 in its :math:`[-1, 1]` units). Linear operators only.
 
-    ``lambda_`` and ``zeta`` from a sweep on ``invdiff.tasks.mri(image="mri_brain")`` with the
+    ``lambda_`` and ``zeta`` from a sweep on ``invdiff.problems.mri(image="mri_brain")`` with the
     ``mri_brain_64`` prior, 100 steps, seed 0 (seeds 1 and 2 in brackets), PSNR (dB) / SSIM of
     the magnitude:
 
@@ -312,7 +312,7 @@ def sample_deepinv_diffpir(
     (deepinv's defaults are ``lambda_ = 7``, ``zeta = 0.1``.) On the same slice: zero-filled
     17.53 / .401, CG-SENSE 23.11 / .545, :func:`~invdiff.samplers.dds.sample_dds` (its config:
     ``cg_steps`` 5, ``eta`` 0.85) 29.21 / .736 at 100 steps and 27.30 / .699 at 50. About 6 s
-    for 100 steps on one CPU thread (DDS: 5.4 s). On ``invdiff.tasks.ct(image="ct")`` (30
+    for 100 steps on one CPU thread (DDS: 5.4 s). On ``invdiff.problems.ct(image="ct")`` (30
     views, ``ct_64`` prior, same defaults): 29.49 / .831 in 18 s (FBP 26.17 / .697, DDS at 100
     steps 28.97 / .848).
 
@@ -353,7 +353,7 @@ def sample_deepinv_diffpir(
     if not noise_std > 0:
         raise ValueError(f"{name}: noise_std: expected > 0 (DiffPIR's rho_t grows with it), got {noise_std}")
     data_range = _check_data_range(data_range, name)
-    shape = posterior_shape(denoiser, op, y, shape, name)
+    shape = posterior_shape(op, y, shape, name)
     real_adjoint(op, y, shape, name)  # DiffPIR starts from 2 A^H y - 1: it must be a real x
     device, dtype = measurement_device_dtype(y)
     scale = data_range[1] - data_range[0]

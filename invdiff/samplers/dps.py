@@ -105,7 +105,7 @@ def sample_dps(
     check_measurement(y, NAME)
     check_eta(eta, NAME)
     sigma_list = check_sigmas(sigmas)
-    shape = posterior_shape(denoiser, op, y, shape, NAME)
+    shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
     residual_norm = None

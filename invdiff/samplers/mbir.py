@@ -231,7 +231,7 @@ def sample_diffusion_mbir(
     if op_norm is not None and not op_norm > 0:
         raise ValueError(f"{NAME}: op_norm: expected > 0 or None, got {op_norm}")
     sigma_list = check_sigmas(sigmas)
-    shape = posterior_shape(denoiser, op, y, shape, NAME)
+    shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
     with torch.no_grad():

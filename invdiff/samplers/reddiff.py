@@ -134,7 +134,7 @@ def sample_reddiff(
         data_weight = 1.0 / (2 * noise_std**2)
     if not data_weight > 0 or not lam >= 0 or not lr > 0:
         raise ValueError(f"{NAME}: expected data_weight > 0, lam >= 0 and lr > 0, got {data_weight}, {lam}, {lr}")
-    shape = posterior_shape(denoiser, op, y, shape, NAME)
+    shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
     if init is None:
         init = "pinv" if isinstance(op, LinearOperator) else "prior_mean"

@@ -183,7 +183,7 @@ def _prepare(
     check_particles(num_particles, ess_threshold, name)
     check_noise(noise_std, name)
     sigma_list = check_sigmas(sigmas)
-    shape = posterior_shape(denoiser, op, y, shape, name)
+    shape = posterior_shape(op, y, shape, name)
     device, dtype = measurement_device_dtype(y)
     if kappa is None:
         like = torch.zeros((1, *shape[1:]), device=device, dtype=dtype)

@@ -16,9 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from invdiff.batch import ROW_FIELDS, Shard, read_rows, run_batch, slice_metrics, summarise
-from invdiff.benchmarks.volumes import CTFolder, FastMRIFolder, build_methods
+from invdiff.batch import Shard, read_rows, run_batch, slice_metrics, summarise
+from invdiff.batch.engine import ROW_FIELDS
+from invdiff.batch.folders import CTFolder
+from invdiff.benchmarks.volumes import build_methods
 from invdiff.metrics import ssim
+from invdiff.priors.base import Denoiser
+from invdiff.priors.gmm import GaussianMixture
+from invdiff.run import Method
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ("psnr", "ssim", "nmse", "sq_error", "sq_reference", "pixels", "data_max", "nfe", "error")
@@ -40,14 +45,20 @@ def _ct_folder(path: Path, volumes: int = 2, slices: int = 3, size: int = 24) ->
     return path
 
 
-def _noisy_fbp(problem, generator):
-    """A method that uses its generator, so that seeding by key (not by order) is tested."""
-    x = problem.op.fbp(problem.y)
-    return x + 0.01 * torch.randn(x.shape, generator=generator, dtype=x.dtype), {"nfe": 0}
+def _ct_prior(size: int = 24) -> GaussianMixture:
+    """An exact Gaussian prior of ``size x size`` images (mean 0.3, std 0.3): cheap and fixed-size."""
+    d = size * size
+    return GaussianMixture(torch.full((1, d), 0.3, dtype=torch.float64), 0.09 * torch.eye(d, dtype=torch.float64)[None],
+                           shape=(1, size, size)).float()
 
 
-def _ct_methods():
-    return {"fbp": build_methods({"fbp": {"baseline": "fbp"}}, None)["fbp"], "noisy_fbp": _noisy_fbp}
+def _ct_methods() -> dict[str, Method]:
+    """FBP and a sampler that draws from its generator, so that seeding by key (not by order) is tested."""
+    return build_methods({"fbp": {"baseline": "fbp"}, "dds": {"sampler": "dds", "steps": 2, "params": {"eta": 1.0}}})
+
+
+def _run(data: Path, out: Path, settings=None, **kwargs):
+    return run_batch(CTFolder(data), _ct_methods(), settings or CT_SETTINGS, out, prior=_ct_prior(), **kwargs)
 
 
 def _metric_rows(out: Path) -> list[dict]:
@@ -61,19 +72,19 @@ def _overall(summary: dict) -> list[tuple]:
 
 def test_kill_and_resume_gives_the_uninterrupted_summary(tmp_path):
     data = _ct_folder(tmp_path / "data")
-    full = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "full", seed=3)
+    full = _run(data, tmp_path / "full", seed=3)
     # "killed" after 2 problems, with a torn row at the end of the shard's CSV
     out = tmp_path / "resumed"
-    partial = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=3, max_items=2)
+    partial = _run(data, out, seed=3, max_items=2)
     assert partial.done == 2 and len(read_rows(out)) == 4
     with (out / "rows" / "shard-0-of-1.csv").open("a") as f:
         f.write("views8,fbp,vol1.h5,2,0,0.1,12.")
-    resumed = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=3)
+    resumed = _run(data, out, seed=3)
     assert resumed.done == 12 - 2  # 2 volumes x 3 slices x 2 settings, minus the finished ones
     assert _metric_rows(out) == _metric_rows(tmp_path / "full")
     assert _overall(resumed.summary) == _overall(full.summary)
     # a third run has nothing left to do
-    assert run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=3).done == 0
+    assert _run(data, out, seed=3).done == 0
     rows = list(csv.DictReader((out / "rows.csv").open()))
     assert len(rows) == 24 and list(rows[0]) == ROW_FIELDS
     with h5py.File(out / "reconstructions" / "views8" / "fbp" / "vol0.h5") as f:
@@ -83,11 +94,11 @@ def test_kill_and_resume_gives_the_uninterrupted_summary(tmp_path):
 
 def test_two_shards_give_the_rows_of_one(tmp_path):
     data = _ct_folder(tmp_path / "data")
-    single = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "one", seed=1)
+    single = _run(data, tmp_path / "one", seed=1)
     out = tmp_path / "two"
-    first = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=1, shard=Shard(1, 2))
+    first = _run(data, out, seed=1, shard=Shard(1, 2))
     assert first.done == 6
-    second = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=1, shard=Shard(0, 2))
+    second = _run(data, out, seed=1, shard=Shard(0, 2))
     assert second.done == 6
     assert sorted(p.name for p in (out / "rows").glob("*.csv")) == ["shard-0-of-2.csv", "shard-1-of-2.csv"]
     assert _metric_rows(out) == _metric_rows(tmp_path / "one")
@@ -99,7 +110,7 @@ def test_a_corrupt_file_is_reported_and_skipped(tmp_path):
     (data / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n not really")
     with h5py.File(data / "wrong.h5", "w") as f:
         f.create_dataset("kspace", data=np.zeros((2, 4, 4), np.complex64))
-    result = run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "out")
+    result = _run(data, tmp_path / "out")
     skipped = {s["file"]: s["error"] for s in result.summary["skipped"]}
     assert set(skipped) == {"broken.h5", "wrong.h5"}
     assert "not a readable HDF5 file" in skipped["broken.h5"] and "no 'image' dataset" in skipped["wrong.h5"]
@@ -107,16 +118,17 @@ def test_a_corrupt_file_is_reported_and_skipped(tmp_path):
     assert "Skipped files" in (tmp_path / "out" / "summary.md").read_text()
 
 
+class _Diverging(Denoiser):
+    def forward(self, x, sigma):
+        return x * float("nan")
+
+
 def test_a_failing_method_leaves_an_error_row_and_the_rest_finishes(tmp_path):
     data = _ct_folder(tmp_path / "data", volumes=1, slices=2)
-
-    def diverges(problem, generator):
-        raise FloatingPointError("diverged at step 3")
-
-    methods = {**_ct_methods(), "bad": diverges}
-    result = run_batch(CTFolder(data), methods, {"views8": CT_SETTINGS["views8"]}, tmp_path / "out")
-    assert len(result.summary["failed"]) == 2 and "diverged at step 3" in result.summary["failed"][0]["error"]
-    assert [e["method"] for e in result.summary["methods"]] == ["fbp", "noisy_fbp"]
+    methods = {"fbp": Method("fbp", baseline="fbp"), "bad": Method("bad", sampler="dds", steps=3)}
+    result = run_batch(CTFolder(data), methods, {"views8": CT_SETTINGS["views8"]}, tmp_path / "out", prior=_Diverging())
+    assert len(result.summary["failed"]) == 2 and "non-finite values at step 0" in result.summary["failed"][0]["error"]
+    assert [e["method"] for e in result.summary["methods"]] == ["fbp"]
 
 
 def test_metrics_follow_fastmri_conventions():
@@ -136,45 +148,6 @@ def test_metrics_follow_fastmri_conventions():
     ssim_ref = np.mean([ssim(volume[i], pred[i], data_range=data_max) for i in range(3)])
     assert entry["nmse"] == pytest.approx(nmse) and entry["psnr"] == pytest.approx(psnr)
     assert entry["ssim"] == pytest.approx(ssim_ref) and entry["psnr_std"] == 0.0
-
-
-def _mri_folder(path: Path, volumes: int = 2, slices: int = 2) -> Path:
-    """Tiny fastMRI-layout volumes (64 x 64, 4 coils, 2x readout oversampling)."""
-    import sigpy.mri
-    import torch.nn.functional as F
-
-    from invdiff.data.fastmri import reconstruct_rss, write_volume
-    from operators.mri import fft2c
-
-    path.mkdir(parents=True, exist_ok=True)
-    sens = torch.from_numpy(sigpy.mri.birdcage_maps((4, 128, 64))).to(torch.complex64)
-    g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-    for v in range(volumes):
-        image = torch.stack([((xx / 0.7) ** 2 + (yy / 0.9) ** 2 < 1).float() * (0.6 + 0.4 * float(torch.rand((), generator=g)))
-                             for _ in range(slices)]).to(torch.complex64)
-        image = F.pad(image, (0, 0, 32, 32))
-        clean = fft2c(sens[None] * image[:, None])
-        noisy = clean + 0.002 * torch.randn(clean.shape, dtype=clean.dtype, generator=g)
-        write_volume(path / f"file{v}.h5", noisy, reconstruction_rss=reconstruct_rss(clean, (64, 64)),
-                     header={"encoding_size": (128, 64, 1), "recon_size": (64, 64, 1)})
-    return path
-
-
-def test_mri_batch_on_fastmri_files(tmp_path):
-    data = _mri_folder(tmp_path / "data")
-    methods = build_methods({"zero_filled": {"baseline": "zero_filled"}, "cg": {"baseline": "cg", "params": {"max_iter": 20}},
-                             "dds": {"sampler": "dds", "steps": 3}}, "mri_brain_64")
-    settings = {"4x": {"acceleration": 4}, "8x": {"acceleration": 8}}
-    result = run_batch(FastMRIFolder(data, tmp_path / "maps", noise_std=0.002), methods, settings, tmp_path / "out")
-    by = {(e["setting"], e["method"]): e for e in result.summary["methods"]}
-    assert len(by) == 6 and all(e["slices"] == 4 and len(e["volumes"]) == 2 for e in by.values())
-    assert by[("4x", "cg")]["psnr"] > by[("4x", "zero_filled")]["psnr"]
-    assert by[("4x", "cg")]["psnr"] > by[("8x", "cg")]["psnr"]
-    assert by[("4x", "dds")]["nfe"] == 3
-    with h5py.File(tmp_path / "out" / "reconstructions" / "8x" / "dds" / "file1.h5") as f:
-        assert f["reconstruction"].shape == (2, 64, 64)
-    assert len(list((tmp_path / "maps").glob("*.espirit.npy"))) == 4
 
 
 def _free_port() -> int:
@@ -228,13 +201,13 @@ def test_submitit_local_launcher_runs_the_shards(tmp_path):
 
 
 def test_report_writes_the_table_and_figures(tmp_path):
-    from invdiff.report import write_report
+    from invdiff.batch.report import write_report
 
     data = _ct_folder(tmp_path / "data")
     out = tmp_path / "out"
-    run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, out, seed=0)
+    _run(data, out, seed=0)
     text = write_report(out)
-    assert "| views8 | fbp | 0 |" in text and "| limited | noisy_fbp | 0 |" in text
+    assert "| views8 | fbp | 0 |" in text and "| limited | dds | 2 |" in text
     for name in ("psnr_vs_nfe.png", "seconds.png", "examples.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").read_text().startswith(text)
@@ -245,13 +218,13 @@ def test_report_writes_the_table_and_figures(tmp_path):
 def test_a_slice_range_runs_those_slices_of_every_volume(tmp_path):
     data = _ct_folder(tmp_path / "data", volumes=2, slices=4)
     out = tmp_path / "out"
-    result = run_batch(CTFolder(data), _ct_methods(), {"views8": CT_SETTINGS["views8"]}, out, slices=(1, -1))
+    result = _run(data, out, {"views8": CT_SETTINGS["views8"]}, slices=(1, -1))
     assert {(r["volume"], r["slice"]) for r in read_rows(out)} == {(f"vol{v}.h5", i) for v in (0, 1) for i in (1, 2)}
     assert result.summary["volumes"] == {"vol0.h5": [1, 2], "vol1.h5": [1, 2]}
     with h5py.File(out / "reconstructions" / "views8" / "fbp" / "vol1.h5") as f:
         assert f["reconstruction"].shape == (2, 24, 24) and list(f.attrs["slices"]) == [1, 2]
     with pytest.raises(ValueError, match=r"data.slices: expected \[start, stop\]"):
-        run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "bad", slices=(1,))
+        _run(data, tmp_path / "bad", slices=(1,))
 
 
 @pytest.mark.parametrize("benchmark", ["mri", "ct"])
@@ -259,9 +232,8 @@ def test_every_configured_method_builds(benchmark):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "benchmark" / f"{benchmark}.yaml"))
-    built = build_methods({m: cfg["methods"][m] for m in cfg["run"]}, cfg["prior"])
-    assert sorted(built) == sorted(cfg["run"])
-    assert all(callable(fn) for fn in built.values())
+    built = build_methods(cfg["methods"], cfg["run"])
+    assert list(built) == cfg["run"] and all(isinstance(m, Method) for m in built.values())
 
 
 @pytest.mark.parametrize(("entry", "message"), [
@@ -270,19 +242,35 @@ def test_every_configured_method_builds(benchmark):
     ({"sampler": "dds", "schedule": "cosine"}, r"methods\.m\.schedule: 'cosine'.*karras"),
     ({"sampler": "nope"}, r"methods\.m\.sampler: 'nope'"),
     ({"baseline": "nope"}, r"methods\.m\.baseline: 'nope'"),
+    ({"sampler": "dds", "step": 3}, r"methods\.m: unknown keys \['step'\]"),
+    ({"sampler": "dds", "params": {"shape": [1]}}, r"methods\.m\.params: \['shape'\]"),
 ])
 def test_a_misconfigured_method_names_its_key_before_any_slice_runs(entry, message):
     with pytest.raises(ValueError, match=message):
-        build_methods({"m": entry}, None)
+        build_methods({"m": entry})
 
 
 def test_schedule_params_narrow_the_noise_range_and_a_misspelt_one_names_its_key():
-    import inspect
+    from invdiff.priors.packaged import load_packaged
 
     entry = {"sampler": "reddiff", "steps": 10, "schedule": "loglinear", "schedule_params": {"sigma_max": 0.2}}
-    run = build_methods({"m": entry}, "mri_brain_64")["m"]
-    sigmas = inspect.signature(run).parameters["sigmas"].default
+    sigmas = build_methods({"m": entry})["m"].sigmas(load_packaged("mri_brain_64"))
     assert sigmas[0].item() == pytest.approx(0.2) and sigmas[-1].item() == 0 and len(sigmas) == 11
     entry["schedule_params"] = {"sigma_maximum": 0.2}
     with pytest.raises(ValueError, match=r"methods\.m\.schedule_params: .*sigma_maximum"):
-        build_methods({"m": entry}, "mri_brain_64")
+        build_methods({"m": entry})
+
+
+def test_slice_batches_resume_to_the_uninterrupted_rows(tmp_path):
+    data = _ct_folder(tmp_path / "data", volumes=1, slices=5)
+    settings = {"views8": CT_SETTINGS["views8"]}
+    full = _run(data, tmp_path / "full", settings, slice_batch=2)
+    assert full.done == 3  # slices (0, 1), (2, 3), (4,)
+    out = tmp_path / "resumed"
+    _run(data, out, settings, slice_batch=2, max_items=1)
+    lines = (out / "rows" / "shard-0-of-1.csv").read_text().splitlines()
+    (out / "rows" / "shard-0-of-1.csv").write_text("\n".join(lines[:-1]) + "\n")  # lost the batch's last row
+    assert _run(data, out, settings, slice_batch=2).done == 3
+    assert _metric_rows(out) == _metric_rows(tmp_path / "full")
+    with pytest.raises(ValueError, match="slice_batch: expected a positive integer"):
+        _run(data, tmp_path / "bad", settings, slice_batch=0)

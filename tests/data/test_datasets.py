@@ -14,7 +14,8 @@ from invdiff.data.datasets import (
     mri_brain_fastmri,
     natural,
 )
-from invdiff.data.fastmri import load_folder, reconstruct_rss
+from invdiff.data.fastmri import load_folder, read_volume, reconstruct_rss
+from operators import fastmri_mask, volume_seed
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +67,64 @@ def test_fastmri_brain_volumes_read_back(tmp_path):
     assert v.kspace.shape == (8, 4, 32, 16)
     rss = reconstruct_rss(v.kspace, (16, 16))
     assert float((rss - v.reconstruction_rss).norm() / v.reconstruction_rss.norm()) < 0.05
+
+
+def _numpy_rss_crop(kspace: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The centre crop of the RSS of the full (uncropped) coil images, in numpy."""
+    axes = (-2, -1)
+    images = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=axes), norm="ortho"), axes=axes)
+    full = np.sqrt((np.abs(images) ** 2).sum(-3))
+    top, left = (full.shape[-2] - h) // 2, (full.shape[-1] - w) // 2
+    return full[..., top : top + h, left : left + w]
+
+
+def test_fastmri_brain_volumes_at_a_wider_kspace(tmp_path):
+    folder = mri_brain_fastmri(tmp_path, size=16, coils=3, slab=4, width=20, noise_std=0.0)
+    assert folder == tmp_path / "mri_brain_fastmri_16_w20_c3_slab4_noise0" / "test"
+    volumes, errors = load_folder(folder)
+    assert volumes and not errors
+    for v in volumes:
+        assert v.kspace.shape == (4, 3, 32, 20) and v.reconstruction_rss.shape == (4, 16, 16)
+        assert v.header["encoding_size"] == (32, 20, 1) and v.header["recon_size"] == (16, 16, 1)
+        assert (v.header["padding_left"], v.header["padding_right"]) == (0, 20)
+        reference = _numpy_rss_crop(v.kspace.numpy().astype(np.complex128), 16, 16)
+        np.testing.assert_allclose(v.reconstruction_rss.numpy(), reference, rtol=1e-4, atol=1e-5)
+        assert v.attrs["max"] == pytest.approx(float(v.reconstruction_rss.max()))
+    # The image fills the centre 16 of the 20 columns (and of the 32 rows); the rest is padding.
+    images = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(volumes[0].kspace.numpy(), axes=(-2, -1)),
+                                          norm="ortho"), axes=(-2, -1))
+    assert np.abs(images[..., :, [0, 1, 18, 19]]).max() < 1e-4 * np.abs(images).max()
+    assert np.abs(images[..., :8, :]).max() < 1e-4 * np.abs(images).max()
+
+
+def test_fastmri_brain_prospective_and_single_coil_variants(tmp_path):
+    common = dict(size=16, coils=3, slab=4, width=20)
+    full = mri_brain_fastmri(tmp_path, **common)
+    test = mri_brain_fastmri(tmp_path, **common, acceleration=4)
+    assert test.parent.name == "mri_brain_fastmri_16_w20_c3_slab4_x4_test"
+    for path in sorted(test.glob("*.h5")):
+        vol, reference = read_volume(path), read_volume(full / path.name)
+        lines = fastmri_mask((32, 20), 4, 0.08, kind="equispaced", seed=volume_seed(path.name))[0]
+        assert torch.equal(vol.mask, lines)
+        assert bool((vol.kspace[..., lines == 0] == 0).all())
+        assert bool((vol.kspace[..., lines == 1] != 0).all())
+        assert torch.equal(vol.kspace, reference.kspace * lines)  # the same draws as the full volume
+        assert vol.reconstruction_rss is None and vol.reconstruction_esc is None
+        assert vol.attrs["acceleration"] == 4 and vol.attrs["num_low_frequency"] == 2
+        assert "max" not in vol.attrs and "norm" not in vol.attrs
+    single = mri_brain_fastmri(tmp_path, size=16, slab=4, width=20, noise_std=0.0, single_coil=True)
+    assert single.parent.name == "mri_brain_fastmri_16_w20_slab4_noise0_sc"
+    vol = read_volume(next(single.glob("*.h5")))
+    assert vol.single_coil and vol.kspace.shape == (4, 1, 32, 20) and vol.reconstruction_rss is None
+    reference = _numpy_rss_crop(vol.kspace.numpy().astype(np.complex128), 16, 16)
+    np.testing.assert_allclose(vol.reconstruction_esc.numpy(), reference, rtol=1e-4, atol=1e-5)
+    single_test = mri_brain_fastmri(tmp_path, size=16, slab=4, width=20, single_coil=True, acceleration=8)
+    assert single_test.parent.name == "mri_brain_fastmri_16_w20_slab4_sc_x8_test"
+    assert len({full, test, single, single_test}) == 4
+    with pytest.raises(ValueError, match="acceleration"):
+        mri_brain_fastmri(tmp_path, size=16, acceleration=6)
+    with pytest.raises(ValueError, match="width"):
+        mri_brain_fastmri(tmp_path, size=16, width=12)
 
 
 def test_load_split_errors(tmp_path):

@@ -145,7 +145,10 @@ def test_single_coil_file_gets_a_coil_axis(tmp_path):
         assert hf["kspace"].shape == (SLICES, H, W)
     vol = fm.read_volume(path)
     assert vol.single_coil and vol.kspace.shape == (SLICES, 1, H, W)
-    torch.testing.assert_close(vol.reconstruction_rss, fm.center_crop(image.abs(), RECON[:2]))
+    # fastMRI's single-coil target is reconstruction_esc; an RSS is written only when given.
+    torch.testing.assert_close(vol.reconstruction_esc, fm.center_crop(image.abs(), RECON[:2]))
+    assert vol.reconstruction_rss is None
+    assert vol.attrs["max"] == pytest.approx(float(vol.reconstruction_esc.max()))
 
 
 def test_header_xml_rejects_inconsistent_fields(tmp_path):
@@ -211,7 +214,7 @@ def test_espirit_maps_have_unit_norm_inside_support_and_are_cached(volume, monke
     def recompute(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(fm, "espirit_maps", recompute)
+    monkeypatch.setattr("invdiff.data.fastmri.io.espirit_maps", recompute)
     torch.testing.assert_close(fm.coil_maps(vol.kspace, cache, calib_width=20), maps)
     torch.testing.assert_close(fm.coil_maps(vol.kspace, cache, calib_width=20, crop=0.95), maps)  # a default
     with pytest.raises(ValueError, match="unknown settings"):
@@ -363,3 +366,121 @@ def test_load_folder_skips_and_reports_bad_files(volume, tmp_path):
     assert "file_a.h5: no 'kspace'" in errors[0][1] and "file_b.h5: not a readable HDF5" in errors[1][1]
     seen = [(p.name, isinstance(r, Exception)) for p, r in fm.iter_volumes(tmp_path)]
     assert seen == [("file1000001.h5", False), ("file_a.h5", True), ("file_b.h5", True)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Prospective (test) files, single-coil targets, partial reads
+# ----------------------------------------------------------------------------------------------
+
+
+def _lines(name: str = FNAME, acceleration: int = 4) -> torch.Tensor:
+    """fastMRI's equispaced mask of a file, one value per column, ``(W,)``."""
+    return fastmri_mask((H, W), acceleration, kind="equispaced", seed=volume_seed(name))[0]
+
+
+def test_prospective_multicoil_file_round_trips(volume, tmp_path):
+    path, *_ = volume
+    full = fm.read_volume(path)
+    lines = _lines()
+    attrs = {**full.attrs, "acceleration": 4, "num_low_frequency": round(W * 0.08)}
+    out = fm.write_volume(tmp_path / FNAME, full.kspace, mask=lines, header=full.header, attrs=attrs)
+    with h5py.File(out, "r") as hf:
+        assert sorted(hf.keys()) == ["ismrmrd_header", "kspace", "mask"]
+        assert hf["mask"].dtype == np.bool_ and hf["mask"].shape == (W,)
+        assert hf["kspace"].shape == (SLICES, COILS, H, W)
+        assert {"max", "norm"}.isdisjoint(hf.attrs)
+    vol = fm.read_volume(out)
+    assert torch.equal(vol.mask, lines)
+    assert torch.equal(vol.kspace, full.kspace * lines)
+    assert bool((vol.kspace[..., lines == 0] == 0).all()) and bool((vol.kspace[..., lines == 1] != 0).any())
+    assert vol.reconstruction_rss is None and vol.reconstruction_esc is None
+    assert vol.attrs["acceleration"] == 4 and vol.attrs["num_low_frequency"] == 2
+    assert vol.header == full.header and vol.attrs["acquisition"] == "AXT1"
+    piece = fm.read_slice(out, 1)
+    assert torch.equal(piece.mask, lines) and torch.equal(piece.kspace, vol.kspace[1])
+    assert piece.reconstruction_rss is None and piece.reconstruction_esc is None
+    # Without nominal values the attributes are derived from the mask.
+    derived = fm.read_volume(fm.write_volume(tmp_path / "derived.h5", full.kspace, mask=lines.numpy()))
+    assert derived.attrs["acceleration"] == pytest.approx(W / float(lines.sum()))
+    assert derived.attrs["num_low_frequency"] >= 2
+    rss = full.reconstruction_rss
+    with pytest.raises(ValueError, match="reconstruction_rss: a test file"):
+        fm.write_volume(tmp_path / "x.h5", full.kspace, mask=lines, reconstruction_rss=rss)
+
+
+def test_single_coil_files_hold_esc_targets_and_prospective_masks(tmp_path):
+    image, _ = _object()
+    kspace = fft2c(image)
+    esc = fm.center_crop(image.abs(), RECON[:2])
+    rss = 1.1 * esc  # fastMRI's RSS of the multi-coil data behind the emulated single coil
+    header = {"recon_size": RECON}
+    path = fm.write_volume(tmp_path / "single.h5", kspace, reconstruction_rss=rss, header=header)
+    vol = fm.read_volume(path)
+    torch.testing.assert_close(vol.reconstruction_esc, esc)
+    torch.testing.assert_close(vol.reconstruction_rss, rss)
+    assert vol.attrs["max"] == pytest.approx(float(esc.max()))  # the single-coil target's
+    piece = fm.read_slice(path, 1)
+    assert piece.single_coil and piece.kspace.shape == (1, H, W)
+    torch.testing.assert_close(piece.reconstruction_esc, esc[1])
+    torch.testing.assert_close(piece.reconstruction_rss, rss[1])
+    # Prospective single-coil file.
+    lines = _lines("single_test.h5", 8)
+    test = fm.write_volume(tmp_path / "single_test.h5", kspace, mask=lines, header={"recon_size": RECON})
+    with h5py.File(test, "r") as hf:
+        assert sorted(hf.keys()) == ["ismrmrd_header", "kspace", "mask"]
+        assert hf["kspace"].shape == (SLICES, H, W)
+    vol = fm.read_volume(test)
+    assert vol.single_coil and torch.equal(vol.kspace[:, 0], kspace * lines) and torch.equal(vol.mask, lines)
+    assert vol.reconstruction_esc is None and vol.reconstruction_rss is None
+    with pytest.raises(ValueError, match="reconstruction_esc: only single-coil"):
+        fm.write_volume(tmp_path / "x.h5", kspace[:, None].expand(-1, 2, -1, -1), reconstruction_esc=esc)
+
+
+def test_mask_errors_name_the_file_and_the_keys(volume, tmp_path):
+    path, *_ = volume
+    kspace = fm.read_volume(path).kspace
+    with pytest.raises(ValueError, match=rf"bad\.h5: 'mask' has {W - 1} columns, 'kspace' has {W}"):
+        fm.write_volume(tmp_path / "bad.h5", kspace, mask=np.ones(W - 1))
+    with pytest.raises(ValueError, match=r"bad\.h5: 'mask' has shape \(32, 24\)"):
+        fm.write_volume(tmp_path / "bad.h5", kspace, mask=fastmri_mask((H, W), 4, seed=0))
+    with pytest.raises(ValueError, match=r"bad\.h5: 'mask' has values other than 0 and 1"):
+        fm.write_volume(tmp_path / "bad.h5", kspace, mask=2 * np.ones(W))
+    assert list(tmp_path.iterdir()) == []
+    for bad in (np.ones(W + 2, bool), np.ones((2, W), bool)):
+        file = tmp_path / "stored.h5"
+        file.write_bytes(path.read_bytes())
+        with h5py.File(file, "a") as hf:
+            hf.create_dataset("mask", data=bad)
+        message = rf"stored\.h5: 'mask' has {W + 2} columns, 'kspace' has {W}" if bad.ndim == 1 else (
+            r"stored\.h5: 'mask' has shape \(2, 24\)")
+        for read in (fm.read_volume, lambda p: fm.read_slice(p, 0)):
+            with pytest.raises(ValueError, match=message):
+                read(file)
+        file.unlink()
+
+
+def test_partial_reads_equal_slices_of_a_full_read(volume, tmp_path):
+    path, *_ = volume
+    full = fm.read_volume(path).kspace
+    columns = [0, 3, 4, 5, 11, 12, W - 1]
+    assert torch.equal(fm.read_kspace_columns(path, columns), full[..., columns])
+    centre = torch.arange(W // 2 - 2, W // 2 + 2)
+    assert torch.equal(fm.read_kspace_columns(path, centre), full[..., centre])
+    outer = [*range(H // 8), *range(H - H // 8, H)]  # the outer eighth at both ends
+    rows = fm.read_kspace_rows(path, outer)
+    assert rows.dtype == torch.complex64 and rows.shape == (SLICES, COILS, len(outer), W)
+    assert torch.equal(rows, full[:, :, outer])
+    assert torch.equal(fm.read_kspace_rows(path, np.array(outer), columns), full[:, :, outer][..., columns])
+    # Single-coil files get a coil axis of 1.
+    single = fm.write_volume(tmp_path / "single.h5", full[:, 0], header={"recon_size": RECON})
+    assert torch.equal(fm.read_kspace_columns(single, columns), full[:, :1, :, columns])
+    assert torch.equal(fm.read_kspace_rows(single, [1, 2], [4]), full[:, :1, 1:3, 4:5])
+    for bad in ([3, 1], [0, W], [], [-1, 2]):
+        with pytest.raises(ValueError, match=rf"columns: .*{FNAME}"):
+            fm.read_kspace_columns(path, bad)
+    with pytest.raises(ValueError, match=rf"rows: .*\[0, {H}\).*{FNAME}"):
+        fm.read_kspace_rows(path, [H])
+    _no_kspace(tmp_path / "empty.h5")
+    for read in (lambda p: fm.read_kspace_columns(p, [0]), lambda p: fm.read_kspace_rows(p, [0])):
+        with pytest.raises(ValueError, match=r"empty\.h5: no 'kspace' dataset"):
+            read(tmp_path / "empty.h5")

@@ -2,7 +2,7 @@
 
 import torch
 
-from operators.base import Identity, Matrix, Multiply, RealToComplex, complex_dtype
+from operators.base import CenterCrop, Identity, Matrix, Multiply, RealToComplex, complex_dtype
 from operators.inpainting import Inpainting, box_mask, freeform_mask, random_pixel_mask
 from operators.interop import from_deepinv, to_deepinv
 from operators.superres import SuperResolution
@@ -41,6 +41,16 @@ def real_to_complex(dtype, device):
     return RealToComplex(), _x((3, 4, 9, 7), dtype, device)
 
 
+def center_crop(dtype, device):
+    """Odd margins on both axes (the extra row and column left at the end)."""
+    return CenterCrop((17, 24), (12, 19)), _x((2, 3, 17, 24), dtype, device)
+
+
+def center_crop_complex(dtype, device):
+    """Even margin along H, none along W."""
+    return CenterCrop((20, 9), (14, 9)), _x((3, 2, 20, 9), dtype, device, complex_=True)
+
+
 def inpaint_random(dtype, device):
     mask = random_pixel_mask((17, 23), 0.3, generator=_gen()).to(device)
     return Inpainting(mask), _x((2, 3, 17, 23), dtype, device)
@@ -75,6 +85,8 @@ CASES = {
     "matrix_real": matrix_real,
     "matrix_complex": matrix_complex,
     "real_to_complex": real_to_complex,
+    "center_crop": center_crop,
+    "center_crop_complex": center_crop_complex,
     "inpaint_random": inpaint_random,
     "inpaint_box_per_sample": inpaint_box_per_sample,
     "inpaint_freeform_complex": inpaint_freeform_complex,

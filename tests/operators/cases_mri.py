@@ -2,13 +2,14 @@
 
 Each case covers one code path of :mod:`operators.mri`: 2D masks, line masks along columns
 (fastMRI) and along rows (whose normal operators run on 1D FFTs), odd and even sizes (both
-branches of the centring), weighted and per-sample masks, and the real 2-channel embedding.
+branches of the centring), weighted and per-sample masks, the real 2-channel embedding and a
+padded unknown (a centre crop before the operator).
 Sizes stay small so the generic tests run in a blink.
 """
 
 import torch
 
-from operators.base import RealToComplex
+from operators.base import CenterCrop, RealToComplex
 from operators.masks import fastmri_mask, poisson_disc_mask
 from operators.mri import MultiCoilMRI, SingleCoilMRI
 
@@ -70,6 +71,14 @@ def multicoil_real2ch(dtype, device):
     return op, _randn((2, 2, H, W), dtype, device, 12)
 
 
+def multicoil_padded(dtype, device):
+    """``MultiCoilMRI @ CenterCrop``: an unknown padded to (24, 24) measured on its (19, 21) centre."""
+    H, W = 19, 21
+    mask = fastmri_mask((H, W), 4, 0.15, seed=3).to(device=device, dtype=dtype)
+    op = MultiCoilMRI(_maps(3, H, W, dtype, device), mask) @ CenterCrop((24, 24), (H, W))
+    return op, _randn((2, 1, 24, 24), _COMPLEX[dtype], device, 15)
+
+
 CASES = {
     "mri_single": single,
     "mri_multicoil_lines": multicoil_lines,
@@ -77,5 +86,6 @@ CASES = {
     "mri_multicoil_poisson": multicoil_poisson,
     "mri_multicoil_per_sample": multicoil_per_sample,
     "mri_multicoil_real2ch": multicoil_real2ch,
+    "mri_multicoil_padded": multicoil_padded,
 }
 """Linear-operator cases for the generic tests (see cases.py)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from invdiff.pipeline import score
 from invdiff.priors.phantom import phantom_gaussian
 from invdiff.samplers import SAMPLERS, sample_dds
 from invdiff.samplers.common import operator_norm
@@ -17,8 +16,8 @@ from invdiff.samplers.mbir import (
     sample_diffusion_mbir,
     soft_threshold,
 )
+from invdiff.problems.volumes import brain_volume, ct3d, phantom_volume
 from invdiff.schedules import sigmas_vp
-from invdiff.tasks3d import brain_volume, ct3d, phantom_volume
 from operators import ParallelBeamCT, PhaseRetrieval, sparse_view_angles
 from tests.samplers import seeded
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
@@ -122,7 +121,7 @@ def test_tv_z_beats_slice_by_slice_dds_on_a_smooth_volume(small_ct):
     x_dds, _ = sample_dds(prior, task.op, task.y, sigmas, **common)
     common["generator"] = seeded(0)
     x_mbir, info = sample_diffusion_mbir(prior, task.op, task.y, sigmas, decomposed=True, lam=1e-3, **common)
-    psnr_dds, psnr_mbir = score(task, x_dds)["psnr"], score(task, x_mbir)["psnr"]
+    psnr_dds, psnr_mbir = task.score(x_dds)["psnr"], task.score(x_mbir)["psnr"]
     print(f"\nDDS {psnr_dds:.2f} dB, DiffusionMBIR {psnr_mbir:.2f} dB, TV-z {info['tv_z']:.4f}")
     assert psnr_mbir > psnr_dds + 0.5
 

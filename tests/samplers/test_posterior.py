@@ -171,7 +171,8 @@ def test_dps_nonlinear_operators_reduce_the_residual():
     x_true = prior.sample(1, generator=seeded(5))
     for op in (_Tanh(M), PhaseRetrieval(2.0)):
         y = op.A(x_true).expand(64, *op.A(x_true).shape[1:])
-        x, _ = sample_dps(prior, op, y, sigmas_vp(300), noise_std=0.05, zeta=0.1, generator=seeded(6))
+        x, _ = sample_dps(prior, op, y, sigmas_vp(300), noise_std=0.05, zeta=0.1, generator=seeded(6),
+                          shape=(64, *prior.shape))
         x_prior = prior.sample(64, generator=seeded(7))
         fit = float((op.A(x) - y).flatten(1).norm(dim=1).median())
         prior_fit = float((op.A(x_prior) - y).flatten(1).norm(dim=1).median())

@@ -55,7 +55,8 @@ def test_nonlinear_operator_reduces_the_residual():
     prior.shape = (1, 2, 2)
     op = PhaseRetrieval(2.0)
     y = op.A(prior.sample(1, generator=seeded(5)))
-    x, info = sample_reddiff(prior, op, y, sigmas_vp(200), noise_std=0.05, generator=seeded(6), lam=1.0)
+    x, info = sample_reddiff(prior, op, y, sigmas_vp(200), noise_std=0.05, generator=seeded(6), lam=1.0,
+                             shape=(1, *prior.shape))
     start = float((op.A(prior.means[0].reshape(1, 1, 2, 2)) - y).norm())
     print(f"\nphase retrieval residual: {float(info['residual_norm'][0]):.3f} (prior mean {start:.3f})")
     assert info["init"] == "prior_mean"
@@ -70,7 +71,8 @@ class _Square(Operator):
 def test_bad_input():
     prior, op, y, _ = gaussian_problem(seed=0)
     with pytest.raises(ValueError, match="init: 'pinv' needs a LinearOperator.*prior_mean"):
-        sample_reddiff(prior, _Square(), y[None], sigmas_vp(5), noise_std=0.1, generator=seeded(0), init="pinv")
+        sample_reddiff(prior, _Square(), y[None], sigmas_vp(5), noise_std=0.1, generator=seeded(0), init="pinv",
+                       shape=(1, *prior.shape))
     with pytest.raises(ValueError, match="init: expected one of"):
         sample_reddiff(prior, op, y[None], sigmas_vp(5), noise_std=0.1, generator=seeded(0), init="zeros")
     with pytest.raises(ValueError, match="data_weight: noise_std is 0"):

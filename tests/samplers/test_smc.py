@@ -130,7 +130,8 @@ def test_tds_with_a_nonlinear_operator_fits_the_data():
     M = torch.randn(3, 4, generator=seeded(4), dtype=torch.float64)
     op = _Tanh(M)
     y = op.A(prior.sample(1, generator=seeded(5)))
-    _, info = sample_tds(prior, op, y, sigmas_vp(100), noise_std=0.05, generator=seeded(6), num_particles=256)
+    _, info = sample_tds(prior, op, y, sigmas_vp(100), noise_std=0.05, generator=seeded(6), num_particles=256,
+                         shape=(1, *prior.shape))
     fit = float((op.A(info["particles"][0]) - y).norm(dim=1).median())
     prior_fit = float((op.A(prior.sample(256, generator=seeded(7))) - y).norm(dim=1).median())
     print(f"\nTDS tanh: median residual {fit:.3f}, prior {prior_fit:.3f}")

@@ -1,15 +1,17 @@
 r"""Batch reconstruction over a folder of volumes: resumable, sharded, with fastMRI-convention metrics.
 
-A batch runs every *method* (a posterior sampler with its prior, or a classical baseline) on every
-slice of every volume of a folder, under each *setting* (an acceleration, a number of views), and
-scores each reconstruction against the volume's reference in fastMRI's conventions
-(``fastmri/evaluate.py``):
+A batch runs every *method* (:class:`invdiff.run.Method`: a posterior sampler with the batch's
+prior, or a classical baseline) on every slice of every volume of a folder, under each *setting*
+(an acceleration, a number of views), through :func:`invdiff.run.run_method`, and scores each
+reconstruction against the volume's reference in fastMRI's conventions (``fastmri/evaluate.py``):
 
 * NMSE :math:`\|gt - pred\|^2 / \|gt\|^2` over the volume;
 * PSNR with the data range the maximum of the reference *volume*;
 * SSIM per slice (7 x 7 window) with the same data range, averaged over the slices;
 
-all on the reconstruction-size centre crop. Per slice, a row is appended to the shard's CSV as
+all on the reconstruction-size centre crop. A volume without a reference (a fastMRI test or
+challenge file) is reconstructed and written the same way; its rows carry no metrics, and the
+summary lists it as not scored. Per slice, a row is appended to the shard's CSV as
 soon as the slice is done (``rows/shard-<i>-of-<n>.csv``); the summary (``summary.json``,
 ``summary.md``, the merged ``rows.csv``) holds each volume's metrics, computed from the rows,
 and their mean and standard deviation over the volumes. Reconstructions go to fastMRI's
@@ -20,10 +22,18 @@ submission layout: ``reconstructions/<setting>/<method>/<volume>.h5``, one float
 ``write`` of a whole line followed by ``fsync``. A restarted run on the same folder reads every
 shard's rows, drops a torn last line, and skips the ``(setting, method, volume, slice)`` keys it
 finds, so it redoes at most the slices in flight when it was killed. Every random choice is
-seeded from the run's seed and the slice's key, never from the order of work, so a resumed run,
+seeded from the run's seed and the slice's (or slice batch's first slice's) key, never from the
+order of work, so a resumed run,
 a sharded one and a single one give the same rows (bar the timings).
 
-**Shards.** The work is a list of ``(volume, slice, setting)`` problems in a fixed order; shard
+**Slice batches.** ``slice_batch`` consecutive slices of a volume (under one setting) are one
+:class:`~invdiff.problems.base.Problem` with the slices in the batch dimension, so a sampler
+passes them through the network together; each slice's row gets the batch's time divided by its
+size. The batches are fixed by the slice indices, so a resumed run redoes a whole batch (and
+keeps only the rows it lacks), and its output is that of an uninterrupted run with the same
+``slice_batch``; a different ``slice_batch`` draws different noise.
+
+**Shards.** The work is a list of ``(volume, slice batch, setting)`` problems in a fixed order; shard
 ``i`` of ``n`` takes every ``n``-th one from ``i``. Under ``torchrun`` (``WORLD_SIZE > 1``) the
 shard is the rank: each rank runs its share, all meet at a barrier and rank 0 merges. Under a
 cluster launcher (Hydra's submitit launcher, one job per ``shard=i num_shards=n``) each job
@@ -48,11 +58,11 @@ import statistics
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -61,6 +71,9 @@ from torch import Tensor
 
 from invdiff.fileio import atomic_write, atomic_write_text, json_safe
 from invdiff.metrics import ssim
+from invdiff.priors.base import Denoiser
+from invdiff.problems.base import Problem
+from invdiff.run import Method, run_method
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +92,18 @@ KEY = ("setting", "method", "volume", "slice")
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SliceProblem:
-    """One slice under one setting, ready for a method.
-
-    Attributes:
-        op: the forward operator, on the model's scale.
-        y: the measurement, ``(1, ...)``.
-        noise_std: the measurement's noise std on the model's scale.
-        target: the reference image, ``(h, w)`` float, in the data's units.
-        to_image: maps a reconstruction ``(1, ...)`` in the operator's domain to an ``(h, w)``
-            array in the data's units (magnitude, crop, undoing the scaling).
-    """
-
-    op: Any
-    y: Tensor
-    noise_std: float
-    target: np.ndarray
-    to_image: Callable[[Tensor], np.ndarray]
-
-
 class Volume(Protocol):
-    """A readable volume: its name, slice count, reference maximum and per-slice problems."""
+    """A readable volume: its name, slice count, reference maximum and problems over its slices."""
 
     name: str
     num_slices: int
-    data_max: float
+    data_max: float | None
+    """The reference volume's maximum (fastMRI's data range), ``None`` without a reference."""
 
-    def problem(self, index: int, setting: dict, *, generator: torch.Generator) -> SliceProblem: ...
+    def problem(self, indices: Sequence[int], setting: dict, *, generators: Sequence[torch.Generator]) -> Problem:
+        """The slices ``indices`` under ``setting`` as one problem (slices in the batch dimension),
+        each slice's simulated noise drawn from its own generator; the target, when there is one,
+        is ``(len(indices), 1, h, w)``."""
 
 
 class Dataset(Protocol):
@@ -117,10 +114,6 @@ class Dataset(Protocol):
 
     def open(self, path: Path) -> Volume:
         """Read a volume's header; raise ``ValueError`` or ``OSError`` naming the file when it is bad."""
-
-
-Method = Callable[[SliceProblem, torch.Generator], tuple[Tensor, dict]]
-"""``(problem, generator) -> (x, info)`` with ``x`` in the operator's domain and ``info["nfe"]``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,28 +226,39 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _scored(row: dict) -> bool:
+    return not math.isnan(row["sq_reference"])
+
+
 def summarise(rows: Sequence[dict], expected_slices: dict[str, int] | None = None) -> dict:
     """Per ``(setting, method)``: each volume's metrics and their mean and std over the volumes.
+
+    Rows of volumes without a reference (no metrics, no error) count as reconstructed but not
+    scored: they enter ``unscored`` and ``unscored_volumes``, never the means.
 
     Args:
         rows: the slice rows (:func:`read_rows`).
         expected_slices: ``{volume: slices}``; a volume with fewer good rows is marked incomplete.
 
     Returns:
-        ``{"methods": [...], "failed": [...]}``: per ``(setting, method)`` the ``volumes``
-        (``{name: metrics}``), the overall ``psnr``, ``ssim``, ``nmse`` means and stds, ``nfe``,
-        ``seconds_per_slice``, ``slices`` and ``failed`` counts; and every failed row's key and error.
+        ``{"methods": [...], "failed": [...], "unscored_volumes": [...]}``: per ``(setting, method)``
+        the ``volumes`` (``{name: metrics}``), the overall ``psnr``, ``ssim``, ``nmse`` means and
+        stds, ``nfe``, ``seconds_per_slice``, ``slices`` (scored), ``unscored`` and ``failed``
+        counts; every failed row's key and error; the volumes reconstructed without a reference.
     """
     groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    failed = []
+    failed, unscored_volumes = [], set()
     for row in rows:
         if row["error"]:
             failed.append({k: row[k] for k in (*KEY, "error")})
             continue
         groups[(row["setting"], row["method"])][row["volume"]].append(row)
+        if not _scored(row):
+            unscored_volumes.add(row["volume"])
     methods = []
     for (setting, method), volumes in groups.items():
-        per_volume = {name: volume_metrics(vrows) for name, vrows in sorted(volumes.items())}
+        scored = {name: [r for r in vrows if _scored(r)] for name, vrows in sorted(volumes.items())}
+        per_volume = {name: volume_metrics(vrows) for name, vrows in scored.items() if vrows}
         if expected_slices:
             for name, metrics in per_volume.items():
                 metrics["complete"] = metrics["slices"] == expected_slices.get(name, metrics["slices"])
@@ -264,10 +268,11 @@ def summarise(rows: Sequence[dict], expected_slices: dict[str, int] | None = Non
         all_rows = [r for vrows in volumes.values() for r in vrows]
         entry["nfe"] = max(r["nfe"] for r in all_rows)
         entry["seconds_per_slice"] = statistics.fmean(r["seconds"] for r in all_rows)
-        entry["slices"] = len(all_rows)
+        entry["slices"] = sum(len(vrows) for vrows in scored.values())
+        entry["unscored"] = len(all_rows) - entry["slices"]
         entry["failed"] = sum(1 for f in failed if f["setting"] == setting and f["method"] == method)
         methods.append(entry)
-    return {"methods": methods, "failed": failed}
+    return {"methods": methods, "failed": failed, "unscored_volumes": sorted(unscored_volumes)}
 
 
 def _order(summary_methods: list[dict], settings: Sequence[str], methods: Sequence[str]) -> list[dict]:
@@ -292,12 +297,19 @@ def markdown_summary(summary: dict) -> str:
     ]
     for e in summary["methods"]:
         failed = f" ({e['failed']} failed)" if e["failed"] else ""
+        failed += f" (+{e['unscored']} not scored)" if e.get("unscored") else ""
         lines.append(
             f"| {e['setting']} | {e['method']} | {e['nfe']} | {_pm(e['psnr'], e['psnr_std'], 2)} | "
             f"{_pm(e['ssim'], e['ssim_std'], 3)} | {_pm(e['nmse'], e['nmse_std'], 4)} | "
             f"{e['seconds_per_slice']:.2f} | {len(e['volumes'])} | {e['slices']}{failed} |"
         )
     text = "\n".join(lines) + "\n\nMeans ± standard deviations over volumes (fastMRI's per-volume metrics)."
+    if summary.get("notes"):
+        text += "\n\n" + "\n".join(f"- {note}" for note in summary["notes"])
+    if summary.get("unscored_volumes"):
+        names = ", ".join(f"`{v}`" for v in summary["unscored_volumes"])
+        text += (f"\n\n{len(summary['unscored_volumes'])} volumes have no reference (test or challenge files): "
+                 f"reconstructed and written to `reconstructions/`, not scored ({names}).")
     if summary.get("skipped"):
         text += "\n\nSkipped files:\n" + "\n".join(f"- `{s['file']}`: {s['error']}" for s in summary["skipped"])
     if summary.get("failed"):
@@ -381,15 +393,18 @@ def merge(out_dir: Path, *, settings: Sequence[str] = (), methods: Sequence[str]
     with _locked(out_dir):
         expected: dict[str, list[int]] = {}
         skipped: dict[str, str] = {}
+        notes: list[str] = []
         for path in sorted(out_dir.glob("rows/manifest-*.json")):
             manifest = json.loads(path.read_text())
             expected.update(manifest["volumes"])
             skipped.update(manifest["skipped"])
+            notes.extend(n for n in manifest.get("notes", []) if n not in notes)
         rows = read_rows(out_dir)
         summary = summarise(rows, {name: len(indices) for name, indices in expected.items()})
         summary["methods"] = _order(summary["methods"], list(settings), list(methods))
         summary["skipped"] = [{"file": k, "error": v} for k, v in sorted(skipped.items())]
         summary["volumes"] = expected
+        summary["notes"] = notes
         summary["rows"] = len(rows)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, ROW_FIELDS, lineterminator="\n")
@@ -456,9 +471,14 @@ def run_batch(
     settings: dict[str, dict],
     out_dir: Path,
     *,
+    prior: Denoiser | None = None,
     seed: int = 0,
     shard: Shard | None = None,
     slices: Sequence[int] | None = None,
+    slice_batch: int = 1,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    notes: Sequence[str] = (),
     max_items: int | None = None,
 ) -> BatchResult:
     """Run ``methods`` on this shard's slices of ``dataset`` under ``settings``, resuming from ``out_dir``.
@@ -468,16 +488,23 @@ def run_batch(
         methods: ``{name: method}``, in the order of the report.
         settings: ``{name: options}`` passed to :meth:`Volume.problem`.
         out_dir: the run folder; rows already there are kept and their slices skipped.
+        prior: the prior of the sampler methods.
         seed: the run's seed (mixed with each slice's key).
         shard: this process's share (:func:`resolve_shard`); default all of it.
         slices: ``(start, stop)``, a Python range of slice indices taken in every volume
             (negative values count from the end, e.g. ``(3, -3)``); default every slice.
-        max_items: stop after this many new ``(volume, slice, setting)`` problems (for tests that
-            simulate a killed run).
+        slice_batch: consecutive slices of a volume run as one batch (module docstring).
+        device: where the methods run.
+        precision: the network's precision (:func:`invdiff.run.run_method`).
+        notes: lines the summary carries (e.g. that the coil maps are an oracle's).
+        max_items: stop after this many new ``(volume, slice batch, setting)`` problems (for
+            tests that simulate a killed run).
 
     Returns:
         The merged summary (rank 0 of a torchrun group, or every cluster job) and counts.
     """
+    if int(slice_batch) != slice_batch or slice_batch < 1:
+        raise ValueError(f"slice_batch: expected a positive integer, got {slice_batch!r}")
     shard = shard or Shard()
     out_dir = Path(out_dir)
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
@@ -494,32 +521,41 @@ def run_batch(
             log.warning("skipping %s: %s", path.name, err)
             skipped[path.name] = str(err)
     chosen = {v.name: _slice_range(v.num_slices, slices) for v in volumes}
-    manifest = {"volumes": chosen, "skipped": skipped}
+    manifest = {"volumes": chosen, "skipped": skipped, "notes": list(notes)}
     atomic_write_text(out_dir / "rows" / f"manifest-{shard.index}-of-{shard.count}.json", json.dumps(manifest))
 
-    # 2. This shard's problems, in a fixed order; finished keys are skipped.
-    problems = [(v, i, s) for v in volumes for i in chosen[v.name] for s in settings]
+    # 2. This shard's problems (slice batches of a volume under a setting), in a fixed order;
+    #    finished keys are skipped.
+    problems = [(v, chosen[v.name][k : k + slice_batch], s) for v in volumes
+                for k in range(0, len(chosen[v.name]), slice_batch) for s in settings]
     mine = problems[shard.index :: shard.count]
     new = 0
-    for volume, index, setting in mine:
-        todo = [m for m in methods if (setting, m, volume.name, index) not in done]
+    for volume, indices, setting in mine:
+        todo = [m for m in methods if any((setting, m, volume.name, i) not in done for i in indices)]
         if not todo:
             continue
         if max_items is not None and new >= max_items:
             break
         new += 1
-        generator = torch.Generator().manual_seed(item_seed(seed, volume.name, index, setting))
+        generators = [torch.Generator().manual_seed(item_seed(seed, volume.name, i, setting)) for i in indices]
         try:
-            problem = volume.problem(index, settings[setting], generator=generator)
-        except (ValueError, OSError) as err:  # a slice that cannot be read or prepared
-            log.warning("%s slice %d (%s): %s", volume.name, index, setting, err)
+            problem = volume.problem(indices, settings[setting], generators=generators)
+        except (ValueError, OSError) as err:  # slices that cannot be read or prepared
+            log.warning("%s slices %s (%s): %s", volume.name, indices, setting, err)
             for method in todo:
-                writer.append({"setting": setting, "method": method, "volume": volume.name, "slice": index,
-                               "error": f"{type(err).__name__}: {err}"})
+                for i in indices:
+                    writer.append({"setting": setting, "method": method, "volume": volume.name, "slice": i,
+                                   "error": f"{type(err).__name__}: {err}"})
             continue
-        _save_npy(target_path(out_dir, volume.name, index), problem.target)
+        if problem.target is not None:
+            for b, i in enumerate(indices):
+                _save_npy(target_path(out_dir, volume.name, i), problem.target[b, 0].numpy())
         for method in todo:
-            writer.append(_run_method(methods[method], method, problem, volume, index, setting, seed, out_dir))
+            rows = _run_method(methods[method], problem, prior, volume, indices, setting, seed, out_dir,
+                               device=device, precision=precision)
+            for row in rows:
+                if (setting, method, volume.name, row["slice"]) not in done:
+                    writer.append(row)
     if shard.distributed:
         import torch.distributed as dist
 
@@ -539,22 +575,29 @@ def _slice_range(num_slices: int, slices: Sequence[int] | None) -> list[int]:
     return list(range(num_slices))[slices[0] : slices[1]]
 
 
-def _run_method(method_fn: Method, method: str, problem: SliceProblem, volume: Volume, index: int,
-                setting: str, seed: int, out_dir: Path) -> dict:
-    row = {"setting": setting, "method": method, "volume": volume.name, "slice": index}
-    generator = torch.Generator().manual_seed(item_seed(seed, volume.name, index, f"{setting}/{method}"))
+def _run_method(method: Method, problem: Problem, prior: Denoiser | None, volume: Volume, indices: Sequence[int],
+                setting: str, seed: int, out_dir: Path, *, device, precision: str) -> list[dict]:
+    """One method on one slice batch: a row per slice (metrics when there is a target, or the error)."""
+    keys = [{"setting": setting, "method": method.name, "volume": volume.name, "slice": i} for i in indices]
+    generator = torch.Generator().manual_seed(item_seed(seed, volume.name, indices[0], f"{setting}/{method.name}"))
     start = time.perf_counter()
     try:
-        x, info = method_fn(problem, generator)
-        image = problem.to_image(x)
-        if not np.all(np.isfinite(image)):
+        x, info = run_method(method, problem, prior, generator=generator, device=device, precision=precision)
+        images = problem.image(x)[:, 0].numpy()
+        if not np.all(np.isfinite(images)):
             raise FloatingPointError("the reconstruction holds NaN or infinite values")
     except (ValueError, FloatingPointError, RuntimeError) as err:
-        log.warning("%s slice %d %s %s: %s", volume.name, index, setting, method, err)
-        return {**row, "seconds": time.perf_counter() - start, "error": f"{type(err).__name__}: {err}"}
-    seconds = time.perf_counter() - start
-    _save_npy(slice_path(out_dir, setting, method, volume.name, index), image)
-    metrics = slice_metrics(problem.target, image, volume.data_max)
-    log.info("%s slice %d %s %s: PSNR %.2f SSIM %.3f in %.1f s", volume.name, index, setting, method,
-             metrics["psnr"], metrics["ssim"], seconds)
-    return {**row, **metrics, "nfe": int(info.get("nfe", 0)), "seconds": seconds}
+        log.warning("%s slices %s %s %s: %s", volume.name, list(indices), setting, method.name, err)
+        seconds = (time.perf_counter() - start) / len(indices)
+        return [{**key, "seconds": seconds, "error": f"{type(err).__name__}: {err}"} for key in keys]
+    seconds = (time.perf_counter() - start) / len(indices)
+    rows = []
+    for b, key in enumerate(keys):
+        _save_npy(slice_path(out_dir, setting, method.name, volume.name, key["slice"]), images[b])
+        row = {**key, "nfe": info["nfe"], "seconds": seconds}
+        if problem.target is not None:
+            row.update(slice_metrics(problem.target[b, 0].numpy(), images[b], volume.data_max))
+            log.info("%s slice %d %s %s: PSNR %.2f SSIM %.3f in %.1f s", volume.name, key["slice"], setting,
+                     method.name, row["psnr"], row["ssim"], seconds)
+        rows.append(row)
+    return rows

@@ -1,4 +1,4 @@
-"""Reports of a batch run folder (:mod:`invdiff.batch`): a markdown table and three figures.
+"""Reports of a batch run folder (:mod:`invdiff.batch.engine`): a markdown table and three figures.
 
 ``python scripts/report.py <run folder>`` writes into the folder
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invdiff.batch import markdown_summary, merge, slice_path, target_path
+from invdiff.batch.engine import markdown_summary, merge, slice_path, target_path
 from invdiff.fileio import atomic_write, atomic_write_text
 
 

@@ -1,8 +1,8 @@
 r"""Volume tasks: CT and multi-coil MRI of a volume, measured slice by slice.
 
 A volume is a batch of axial slices, ``(D, C, H, W)`` with ``D`` slices along ``z`` in the batch
-dimension, and every operator applies to each slice on its own, so these tasks reuse
-:class:`~invdiff.tasks.Task` unchanged: ``x_true`` is ``(D, C, H, W)`` instead of ``(1, C, H, W)``,
+dimension, and every operator applies to each slice on its own, so these tasks are
+:class:`~invdiff.problems.base.Problem` s whose ``x_true`` is ``(D, C, H, W)`` instead of ``(1, C, H, W)``:
 the baselines and slice-by-slice samplers (DDS, DPS) treat the slices as independent problems,
 and :func:`~invdiff.samplers.mbir.sample_diffusion_mbir` couples them through total variation
 along ``z``. Metrics are computed over the whole volume (SSIM per slice, averaged).
@@ -34,7 +34,8 @@ from torch import Tensor
 
 from invdiff.data.anatomy import CONTRASTS, split_slices, synthesize, tissue_maps
 from invdiff.data.phantoms import HELD_OUT, random_ellipses, smooth_phase
-from invdiff.tasks import Task, _measure, mri_operator
+from invdiff.problems.base import Problem, measure, simulated
+from invdiff.problems.simulated import mri_operator
 from operators import ParallelBeamCT, RealToComplex, ellipse_image, limited_angle
 
 Z_SEED = 7919
@@ -115,7 +116,7 @@ def ct3d(
     index: int = 0,
     seed: int = 0,
     data_root: str | Path = "data",
-) -> Task:
+) -> Problem:
     """Sparse-view (or limited-angle) parallel-beam CT of an ellipsoid phantom, slice by slice.
 
     Args:
@@ -136,7 +137,7 @@ def ct3d(
         raise ValueError(f"image: ct3d's only volume is 'phantom' (an ellipsoid phantom), got {image!r}")
     x = phantom_volume(size, depth, index)[:, None]
     op = ParallelBeamCT((size, size), limited_angle(views, math.radians(angle_range)))
-    return Task("ct3d", x, op, _measure(op, x, noise_std, seed), noise_std, "fbp")
+    return simulated("ct3d", op, x, measure(op, x, noise_std, seed), noise_std, "fbp")
 
 
 def mri3d(
@@ -152,7 +153,7 @@ def mri3d(
     index: int = 0,
     seed: int = 0,
     data_root: str | Path = "data",
-) -> Task:
+) -> Problem:
     """Multi-coil Cartesian MRI of the held-out brain slab: birdcage coils, one fastMRI line mask
     for every slice (fastMRI seeds masks per volume), complex Gaussian noise in k-space.
 
@@ -181,5 +182,5 @@ def mri3d(
         raise ValueError(f"image: expected 'mri_brain' or 'phantom', got {image!r}")
     x = RealToComplex().AT(volume.to(torch.complex64)[:, None])
     op = mri_operator(size, coils, acceleration, center_fraction, mask_kind, seed)
-    return Task("mri3d", x, op, _measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30},
-                is_complex=True)
+    return simulated("mri3d", op, x, measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30},
+                     is_complex=True)

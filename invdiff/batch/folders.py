@@ -1,0 +1,187 @@
+r"""Folders of volumes as the batch engine reads them (:class:`invdiff.batch.engine.Dataset`).
+
+**fastMRI** (:class:`FastMRIFolder`): multi-coil or single-coil fastMRI files, fully sampled
+(undersampled here with each setting's line mask, and scored against their reference) or
+prospective (test and challenge files, reconstructed with their own mask and not scored). The
+problems are :func:`invdiff.problems.fastmri.fastmri_problem`'s: coil maps from the ACS lines,
+the intensity scale and the noise level estimated from the measured k-space by default, or the
+oracle options (maps of the fully sampled slice, the reference maximum) as an upper bound. A
+volume's estimates depend on the setting's mask (its ACS lines and sampled columns) and are
+computed once per volume and setting.
+
+**CT** (:class:`CTFolder`): HDF5 files with a float ``image`` dataset ``(slices, H, W)`` in
+relative attenuation; each slice is projected with a parallel beam (sparse views over 180° or a
+limited wedge), with Gaussian noise of ``noise_std`` drawn from the slice's own generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from invdiff.data.fastmri import MAPS_CACHE_SUFFIX, open_h5
+from invdiff.problems.base import Problem
+from invdiff.problems.fastmri import (
+    Estimates,
+    FastMRIFile,
+    MapsOptions,
+    fastmri_problem,
+    open_fastmri,
+    sampling_mask,
+    volume_estimates,
+)
+from operators import ParallelBeamCT, limited_angle, sparse_view_angles
+
+
+def h5_paths(root: Path, pattern: str) -> list[Path]:
+    """The ``pattern`` files of ``root``, sorted, without hidden files and coil-map caches."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: {root} is not a folder")
+    return [p for p in sorted(root.glob(pattern))
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(MAPS_CACHE_SUFFIX)]
+
+
+# --------------------------------------------------------------------------------------------
+# fastMRI
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FastMRIVolume:
+    """One fastMRI file of a folder: its header and its estimates per setting."""
+
+    file: FastMRIFile
+    maps: MapsOptions
+    scale: str
+    noise_std: float | None
+    estimates: dict[str, Estimates] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def num_slices(self) -> int:
+        return self.file.num_slices
+
+    @property
+    def data_max(self) -> float | None:
+        return self.file.data_max
+
+    def problem(self, indices: Sequence[int], setting: dict, *, generators: Sequence[torch.Generator]) -> Problem:
+        options = {"acceleration": setting.get("acceleration", 4), "center_fraction": setting.get("center_fraction"),
+                   "mask_kind": setting.get("mask_kind", "equispaced")}
+        key = repr(sorted(options.items()))
+        if key not in self.estimates:
+            mask = sampling_mask(self.file, **options)
+            self.estimates[key] = volume_estimates(self.file, mask, scale=self.scale, noise_std=self.noise_std)
+        return fastmri_problem(self.file.path, list(indices), maps=self.maps, file=self.file,
+                               estimates=self.estimates[key], **options)
+
+
+class FastMRIFolder:
+    """A folder of fastMRI files (module docstring).
+
+    Args:
+        root: the folder.
+        maps: coil-map options (:class:`~invdiff.problems.fastmri.MapsOptions`; its cache folder
+            keeps each slice's maps for a resumed run).
+        scale: ``"estimate"`` or ``"oracle"``.
+        noise_std: the k-space noise std in the files' units; ``None`` estimates it per volume.
+        pattern: a glob pattern for the file names.
+    """
+
+    def __init__(self, root: Path, maps: MapsOptions, *, scale: str = "estimate", noise_std: float | None = None,
+                 pattern: str = "*.h5"):
+        if noise_std is not None and not noise_std > 0:
+            raise ValueError(f"noise_std: expected the k-space noise std (> 0) or null to estimate it, got {noise_std}")
+        self.root, self.maps, self.scale, self.noise_std, self.pattern = Path(root), maps, scale, noise_std, pattern
+
+    def paths(self) -> list[Path]:
+        return h5_paths(self.root, self.pattern)
+
+    def open(self, path: Path) -> FastMRIVolume:
+        return FastMRIVolume(open_fastmri(path), self.maps, self.scale, self.noise_std)
+
+
+# --------------------------------------------------------------------------------------------
+# CT
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CTVolume:
+    path: Path
+    name: str
+    num_slices: int
+    data_max: float
+
+    def problem(self, indices: Sequence[int], setting: dict, *, generators: Sequence[torch.Generator]) -> Problem:
+        with open_h5(self.path) as f:
+            images = torch.from_numpy(np.stack([np.asarray(f["image"][i], dtype=np.float32) for i in indices]))
+        x = images[:, None]
+        views = int(setting["views"])
+        wedge = setting.get("angle_range")
+        angles = sparse_view_angles(views) if wedge is None else limited_angle(views, math.radians(wedge))
+        op = ParallelBeamCT(tuple(images.shape[-2:]), angles)
+        clean = op.A(x)
+        noise = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=clean.dtype) for g in generators])
+        y = clean + setting["noise_std"] * noise
+        return Problem("ct", op, y, float(setting["noise_std"]), tuple(x.shape), target=x, x_true=x,
+                       data_range=self.data_max, baseline="fbp", info={"file": str(self.path), "slices": list(indices)})
+
+
+class CTFolder:
+    """A folder of CT volumes: HDF5 files with a float ``image`` dataset ``(slices, H, W)``."""
+
+    def __init__(self, root: Path, pattern: str = "*.h5"):
+        self.root, self.pattern = Path(root), pattern
+
+    def paths(self) -> list[Path]:
+        return h5_paths(self.root, self.pattern)
+
+    def open(self, path: Path) -> CTVolume:
+        with open_h5(path) as f:
+            if "image" not in f:
+                raise ValueError(f"{path}: no 'image' dataset (found {sorted(f.keys())})")
+            ds = f["image"]
+            if ds.ndim != 3 or ds.dtype.kind != "f":
+                raise ValueError(f"{path}: 'image' is {ds.dtype} {ds.shape}; expected float (slices, H, W)")
+            data_max = float(f.attrs["max"]) if "max" in f.attrs else float(np.max(ds[()]))
+            if not data_max > 0:
+                raise ValueError(f"{path}: the volume's maximum is {data_max}; expected > 0")
+            return CTVolume(path, path.name, ds.shape[0], data_max)
+
+
+def ct_volumes(root: str | Path, size: int = 64, *, slab: int = 2, count: int = 4, split: str = "test") -> Path:
+    """CT volumes for the batch benchmark from the held-out CT images: ``root/ct_volumes_{size}/{split}``.
+
+    The first ``count`` images of the split (:func:`invdiff.data.datasets.ct`) in volumes of ``slab``
+    slices, ``image`` float32 with the attribute ``max``; complete files are reused, each written atomically.
+    """
+    from invdiff.data.datasets import DATASETS, load_split
+    from invdiff.fileio import atomic_write
+
+    images = np.asarray(load_split(DATASETS["ct"](root, size=size, splits=(split,)), split)[:count, 0], np.float32)
+    folder = Path(root) / f"ct_volumes_{size}" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    for v, start in enumerate(range(0, images.shape[0] - slab + 1, slab)):
+        path = folder / f"ct_{split}_{v:03d}.h5"
+        if path.is_file():
+            continue
+        volume = images[start : start + slab]
+
+        def write(tmp: Path, volume=volume) -> None:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("image", data=volume)
+                f.attrs["max"] = float(volume.max())
+
+        atomic_write(path, write)
+    return folder

@@ -1,0 +1,34 @@
+"""Problems: what a reconstruction method runs on, simulated from a held-out image or read from a file.
+
+:class:`Problem` (:mod:`invdiff.problems.base`) holds the operator, the measurement, the noise
+level, an optional reference and the display rules. Simulated tasks (2D:
+:mod:`invdiff.problems.simulated`; volumes: :mod:`invdiff.problems.volumes`) build one from a
+held-out ground truth (:mod:`invdiff.problems.images`); file problems build one from a user's
+measurement.
+"""
+
+from invdiff.problems.base import Problem, measure, simulated
+from invdiff.problems.simulated import SIMULATED, ct, ct_prelog, inpaint, mri, mri_operator, phase, sr
+from invdiff.problems.volumes import brain_volume, ct3d, mri3d, phantom_volume
+
+PROBLEMS = {**SIMULATED, "ct3d": ct3d, "mri3d": mri3d}
+"""Simulated tasks by name (the ``task=`` options whose problem has a ground truth)."""
+
+__all__ = [
+    "PROBLEMS",
+    "Problem",
+    "SIMULATED",
+    "brain_volume",
+    "ct",
+    "ct3d",
+    "ct_prelog",
+    "inpaint",
+    "measure",
+    "mri",
+    "mri3d",
+    "mri_operator",
+    "phantom_volume",
+    "phase",
+    "simulated",
+    "sr",
+]

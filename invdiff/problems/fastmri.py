@@ -1,0 +1,438 @@
+r"""Problems from fastMRI files: a user's own k-space, with or without a reference, without oracles.
+
+A fastMRI file (:mod:`invdiff.data.fastmri`) is either *fully sampled* (train/val files: ``kspace``
+and a reference ``reconstruction_rss``, or ``reconstruction_esc`` for single-coil ones), which is
+undersampled here with fastMRI's line mask for the file name (:func:`operators.volume_seed`: the
+same columns for every slice), or *prospective* (test and challenge files: ``kspace`` already
+masked, its ``mask``, no reference), reconstructed with its own mask. Each slice becomes
+``MultiCoilMRI(maps, mask) @ RealToComplex()`` (``SingleCoilMRI`` for single-coil files) on the
+k-space without its readout oversampling (when the header's encoded readout is twice the
+reconstruction size); the display image is the magnitude, zero outside the coil maps' support,
+centre-cropped to the header's reconstruction size and scored, when there is a reference,
+against it with the reference volume's maximum as the data range (fastMRI's ``evaluate.py``).
+
+**No oracle information.** Only the measured (masked) k-space is used, by these rules:
+
+* *Coil maps* (``coil_maps="acs"``) come from the auto-calibration (ACS) lines, the contiguous
+  fully sampled columns around the centre (:func:`operators.acs_lines`): ESPIRiT
+  (:func:`operators.espirit_maps`) on a calibration block of ``calib_rows`` readout rows by the
+  widest centred run of ``w`` ACS columns, with a kernel ``kernel_width`` wide, narrowed to
+  ``max(2, ceil(w / 2))`` columns when the ACS block is narrow (fewer than 12 columns); a single
+  ACS column gets the low-resolution estimate of :func:`operators.lowres_coil_maps`. fastMRI's
+  ACS blocks (30 columns at 4x, 15 at 8x on 372) keep the 6 x 6 kernel: on generated 320 x 372
+  six-coil data CG-SENSE then matches the oracle maps (33.6 and 25.7 dB against 33.6 and 25.4).
+  The narrowed kernel was chosen on the generated 64 x 64 validation volume (5 ACS columns at 4x:
+  a 3-wide kernel gives CG-SENSE 26 dB where the 6-wide one fails and the oracle maps give 29;
+  with 3 columns at 8x no estimate works, 9 dB against the oracle's 19). The maps are turned so
+  that the coil-combined zero-filled image has a mean phase of 0, as the priors' training
+  images do.
+* *Intensity scale* (``scale="estimate"``): the k-space is multiplied by ``1 / m``, with ``m`` the
+  maximum over the volume of the root-sum-of-squares image of the ACS lines alone (zero-filled to
+  the full width, readout oversampling removed, cropped to the reconstruction size). It uses every
+  slice's ACS columns (a partial read of the file), so a slice gets the same scale whether it is
+  reconstructed alone or in a batch. The priors are trained on images that peak at about 1.
+* *Noise level* (``noise_std=None``): the k-space noise std (:math:`E|n|^2 = s^2`, unchanged by
+  the unitary transforms below) from samples that hold noise alone, by the Rayleigh median rule
+  of :func:`operators.estimate_kspace_noise_std` (:math:`\hat s = \operatorname{median}|n| /
+  \sqrt{\ln 2}`), pooled over the sampled columns of every slice and every coil. With a twice
+  oversampled readout (fastMRI's raw data) the samples are the outer eighth of the readout
+  field of view at both ends in hybrid space (inverse FFT along the readout only), outside the
+  reconstructed field of view, where the object is absent (``"readout_background"``); without
+  oversampling, the outer eighth of the k-space readout at both ends, the highest frequencies,
+  where some signal remains and biases the estimate up (``"kspace_edges"``).
+
+Both estimates are linear in the data, so scaling the k-space by ``c`` scales the reconstruction
+by ``c``; neither reads the reference, so a reconstruction does not change when only the file's
+reference changes. The estimates are undone before scoring and writing (data units). The oracle
+options (``coil_maps="oracle"``: ESPIRiT of the fully sampled slice; ``scale="oracle"``: the
+reference volume's maximum, fastMRI's ``max`` attribute) reproduce the common retrospective
+practice and are an upper bound: tables that use them say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from invdiff.data.fastmri import (
+    ifft1c,
+    open_h5,
+    read_header,
+    read_kspace_columns,
+    read_kspace_rows,
+    read_slice,
+    recon_shape,
+    remove_readout_oversampling,
+)
+from invdiff.fileio import atomic_write
+from invdiff.problems.base import Problem
+from operators import (
+    MultiCoilMRI,
+    RealToComplex,
+    SingleCoilMRI,
+    acs_lines,
+    espirit_maps,
+    estimate_kspace_noise_std,
+    fastmri_mask,
+    lowres_coil_maps,
+    volume_seed,
+)
+from operators.mri import ifft2c, rss
+
+COIL_MAPS = ("acs", "oracle")
+SCALES = ("estimate", "oracle")
+NOISE_BAND = 0.125
+"""The fraction of readout rows at each end of k-space the noise estimate reads."""
+
+
+@dataclass
+class FastMRIFile:
+    """What a fastMRI file holds, read from its header and attributes (no k-space loaded).
+
+    Attributes:
+        path: the file.
+        num_slices, num_coils: ``kspace``'s slices and coils (1 for single-coil files).
+        kspace_size: ``(H, W)`` of the stored k-space (readout, phase encodes).
+        recon_size: ``(h, w)``, the header's reconstruction size.
+        oversampled: the readout is twice the reconstruction size (removed before reconstructing).
+        single_coil: ``kspace`` has no coil axis.
+        mask: the file's own ``(W,)`` mask (prospective files), else ``None``.
+        target_key: ``"reconstruction_rss"`` or ``"reconstruction_esc"``, or ``None`` without a reference.
+        data_max: the reference volume's maximum (``max`` attribute or computed), ``None`` without one.
+    """
+
+    path: Path
+    num_slices: int
+    num_coils: int
+    kspace_size: tuple[int, int]
+    recon_size: tuple[int, int]
+    oversampled: bool
+    single_coil: bool
+    mask: Tensor | None
+    target_key: str | None
+    data_max: float | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def prospective(self) -> bool:
+        return self.mask is not None
+
+
+def open_fastmri(path: str | Path) -> FastMRIFile:
+    """Read a fastMRI file's header; errors name the file and the key that is missing or wrong."""
+    path = Path(path)
+    with open_h5(path) as f:
+        if "kspace" not in f:
+            raise ValueError(f"{path}: no 'kspace' dataset (found {sorted(f.keys())}); not a fastMRI file")
+        kspace = f["kspace"]
+        if kspace.ndim not in (3, 4) or kspace.dtype.kind != "c":
+            raise ValueError(f"{path}: 'kspace' is {kspace.dtype} {kspace.shape}; expected complex "
+                             f"(slices, coils, H, W) or (slices, H, W)")
+        single = kspace.ndim == 3
+        H, W = kspace.shape[-2:]
+        recon = recon_shape(read_header(f, path, True), path)
+        mask = None
+        if "mask" in f:
+            mask = torch.from_numpy(np.asarray(f["mask"][()], dtype=np.float32))
+            if mask.ndim != 1 or mask.shape[0] != W:
+                raise ValueError(f"{path}: 'mask' has shape {tuple(mask.shape)}; expected ({W},), one value per "
+                                 f"'kspace' column")
+        target_key = next((k for k in (("reconstruction_esc", "reconstruction_rss") if single else
+                                       ("reconstruction_rss",)) if k in f), None)
+        data_max = None
+        if target_key is not None:
+            target = f[target_key]
+            if target.ndim != 3 or target.shape[0] != kspace.shape[0]:
+                raise ValueError(f"{path}: '{target_key}' has shape {target.shape}; expected "
+                                 f"({kspace.shape[0]}, h, w)")
+            if tuple(target.shape[1:]) != tuple(recon):
+                raise ValueError(f"{path}: '{target_key}' slices are {tuple(target.shape[1:])}, the header's "
+                                 f"reconstruction size is {tuple(recon)}")
+            data_max = float(f.attrs["max"]) if "max" in f.attrs and target_key == "reconstruction_rss" \
+                else float(np.max(target[()]))
+            if not data_max > 0:
+                raise ValueError(f"{path}: the reference volume's maximum is {data_max}; expected > 0")
+        return FastMRIFile(path, kspace.shape[0], 1 if single else kspace.shape[1], (H, W), tuple(recon),
+                           H == 2 * recon[0], single, mask, target_key, data_max)
+
+
+def sampling_mask(file: FastMRIFile, acceleration: float = 4, center_fraction: float | None = None,
+                  mask_kind: str = "equispaced") -> Tensor:
+    """The ``(W,)`` columns a slice is reconstructed from: the file's own mask (prospective files),
+    else fastMRI's line mask for the file name (every slice of a volume shares it)."""
+    if file.mask is not None:
+        return (file.mask > 0).float()
+    H, W = file.kspace_size
+    return fastmri_mask((H, W), acceleration, center_fraction, kind=mask_kind, seed=volume_seed(file.name))[0]
+
+
+@dataclass
+class Estimates:
+    """A volume's intensity scale and k-space noise std, and how they were obtained."""
+
+    scale: float
+    noise_std: float
+    scale_rule: str
+    noise_rule: str
+    acs: tuple[int, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "noise_std": self.noise_std, "scale_rule": self.scale_rule,
+                "noise_rule": self.noise_rule, "acs": list(self.acs)}
+
+
+def _readout_ready(kspace: Tensor, file: FastMRIFile) -> Tensor:
+    return remove_readout_oversampling(kspace) if file.oversampled else kspace
+
+
+def acs_scale(file: FastMRIFile, mask: Tensor) -> tuple[float, tuple[int, int]]:
+    """``1 / m``, ``m`` the volume maximum of the RSS image of the ACS lines (module docstring), and the ACS range."""
+    start, stop = acs_lines(mask)
+    columns = read_kspace_columns(file.path, list(range(start, stop)))  # (S, C, H, acs)
+    W = file.kspace_size[1]
+    peak = 0.0
+    for block in columns:  # one slice at a time: (C, H, acs)
+        block = _readout_ready(block, file)
+        full = torch.zeros((*block.shape[:-1], W), dtype=block.dtype)
+        full[..., start:stop] = block
+        image = rss(ifft2c(full), dim=0)
+        top, left = (image.shape[-2] - file.recon_size[0]) // 2, (W - file.recon_size[1]) // 2
+        image = image[top : top + file.recon_size[0], left : left + file.recon_size[1]]
+        peak = max(peak, float(image.max()))
+    if not peak > 0:
+        raise ValueError(f"{file.path}: the ACS lines (columns {start}-{stop - 1}) hold no signal; cannot set the scale")
+    return 1.0 / peak, (start, stop)
+
+
+def kspace_noise(file: FastMRIFile, mask: Tensor) -> tuple[float, str]:
+    """The k-space noise std of every slice's sampled columns and the rule used (module docstring)."""
+    H = file.kspace_size[0]
+    band = max(1, int(round(NOISE_BAND * H)))
+    columns = torch.nonzero(mask > 0).flatten().tolist()
+    if file.oversampled:
+        hybrid = ifft1c(read_kspace_columns(file.path, columns), -2)  # (S, C, H, columns), image along the readout
+        background = torch.cat([hybrid[..., :band, :], hybrid[..., H - band :, :]], dim=-2)
+        return float(estimate_kspace_noise_std(background, band=0.5)), "readout_background"
+    rows = list(range(band)) + list(range(H - band, H))
+    samples = read_kspace_rows(file.path, rows, columns)  # (S, C, 2 band, columns): the rows at both ends
+    return float(estimate_kspace_noise_std(samples, band=0.5)), "kspace_edges"
+
+
+def volume_estimates(file: FastMRIFile, mask: Tensor, *, scale: str = "estimate", noise_std: float | None = None) -> Estimates:
+    """The volume's scale and noise std by the rules of the module docstring.
+
+    Args:
+        file: the fastMRI file.
+        mask: the ``(W,)`` sampled columns.
+        scale: ``"estimate"`` (ACS lines) or ``"oracle"`` (the reference volume's maximum).
+        noise_std: the k-space noise std in the file's units; ``None`` estimates it.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
+    s, acs = acs_scale(file, mask)
+    scale_rule = "acs_max"
+    if scale == "oracle":
+        if file.data_max is None:
+            raise ValueError(f"{file.path}: scale=oracle needs a reference volume; the file has none (use scale=estimate)")
+        s, scale_rule = 1.0 / file.data_max, "reference_max (oracle)"
+    if noise_std is None:
+        noise, noise_rule = kspace_noise(file, mask)
+    else:
+        if not noise_std > 0:
+            raise ValueError(f"noise_std: expected the k-space noise std (> 0) or null to estimate it, got {noise_std}")
+        noise, noise_rule = float(noise_std), "given"
+    return Estimates(s, noise, scale_rule, noise_rule, acs)
+
+
+def calibration_width(acs: tuple[int, int], W: int) -> int:
+    """The widest calibration region centred like ESPIRiT's (from ``W // 2 - w // 2``) inside the ACS run."""
+    start, stop = acs
+    return min(2 * (W // 2 - start) + 1, 2 * (stop - W // 2))
+
+
+def acs_kernel_width(width: int, kernel_width: int = 6) -> int:
+    """The ESPIRiT kernel width for ``width`` calibration columns: ``kernel_width``, narrowed to
+    ``max(2, ceil(width / 2))`` for narrow blocks (module docstring)."""
+    return min(kernel_width, max(2, math.ceil(width / 2)))
+
+
+def acs_maps(kspace: Tensor, acs: tuple[int, int], *, calib_rows: int = 24, kernel_width: int = 6,
+             espirit: dict | None = None) -> tuple[Tensor, str]:
+    """Coil maps of ``(C, H, W)`` k-space from its ACS columns ``acs`` and the estimator used (module docstring)."""
+    width = calibration_width(acs, kspace.shape[-1])
+    if width < 2:
+        return lowres_coil_maps(kspace, acs), "lowres"
+    rows = min(calib_rows, kspace.shape[-2])
+    kernel = acs_kernel_width(width, kernel_width)
+    maps = espirit_maps(kspace, calib_shape=(rows, width), kernel_width=kernel, **(espirit or {}))
+    return maps, f"espirit {rows}x{width}, kernel {min(kernel, rows)}x{kernel}"
+
+
+def _align_phase(maps: Tensor, y: Tensor) -> Tensor:
+    """Turn ``(C, H, W)`` maps so that the coil-combined zero-filled image has a mean phase of 0."""
+    combined = (maps.conj() * ifft2c(y)).sum(0)
+    total = combined.sum()
+    return maps * torch.exp(1j * torch.angle(total)) if total.abs() > 0 else maps
+
+
+@dataclass
+class MapsOptions:
+    """How coil maps are made: ``method`` (``"acs"`` or ``"oracle"``), the ESPIRiT calibration rows
+    and widest kernel on the ACS lines, ESPIRiT's other settings (``thresh``, ``crop``), and a cache
+    folder (each slice's maps, keyed by file, slice, method and ACS range, for a resumed run)."""
+
+    method: str = "acs"
+    calib_rows: int = 24
+    kernel_width: int = 6
+    espirit: dict = field(default_factory=dict)
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in COIL_MAPS:
+            raise ValueError(f"coil_maps: expected one of {COIL_MAPS}, got {self.method!r}")
+
+
+def _cached(path: Path | None, make) -> Tensor:
+    if path is not None and path.is_file():
+        return torch.from_numpy(np.load(path))
+    maps = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.save(f, maps.numpy())
+
+        atomic_write(path, write)
+    return maps
+
+
+def _slice_maps(file: FastMRIFile, index: int, kspace: Tensor, y: Tensor, acs: tuple[int, int],
+                options: MapsOptions) -> tuple[Tensor, str]:
+    if file.single_coil:
+        return torch.ones_like(kspace), "single coil"
+    cache = None if options.cache_dir is None else Path(options.cache_dir)
+    if options.method == "oracle":
+        if file.prospective:
+            raise ValueError(f"{file.path}: coil_maps=oracle needs fully sampled k-space; the file is undersampled "
+                             f"(use coil_maps=acs)")
+        path = None if cache is None else cache / f"{file.path.stem}-{index:04d}-oracle.npy"
+        return _cached(path, lambda: espirit_maps(kspace, **options.espirit)), "espirit of the fully sampled slice"
+    width = calibration_width(acs, kspace.shape[-1])
+    estimator = "lowres" if width < 2 else \
+        f"espirit {min(options.calib_rows, kspace.shape[-2])}x{width}, kernel {acs_kernel_width(width, options.kernel_width)}"
+    path = None if cache is None else cache / f"{file.path.stem}-{index:04d}-acs{acs[0]}-{acs[1]}.npy"
+    maps = _cached(path, lambda: acs_maps(y, acs, calib_rows=options.calib_rows, kernel_width=options.kernel_width,
+                                          espirit=options.espirit)[0])
+    return maps, estimator
+
+
+def fastmri_problem(
+    path: str | Path,
+    slices: list[int],
+    *,
+    acceleration: float = 4,
+    center_fraction: float | None = None,
+    mask_kind: str = "equispaced",
+    maps: MapsOptions | None = None,
+    scale: str = "estimate",
+    noise_std: float | None = None,
+    file: FastMRIFile | None = None,
+    estimates: Estimates | None = None,
+) -> Problem:
+    """Slices of a fastMRI file as one problem (slices in the batch dimension; module docstring).
+
+    Args:
+        path: the ``.h5`` file.
+        slices: slice indices (negative count from the end).
+        acceleration, center_fraction, mask_kind: fastMRI's line mask for a fully sampled file;
+            a prospective file uses its own mask and ignores them.
+        maps: coil-map options (:class:`MapsOptions`); default ESPIRiT on the ACS lines.
+        scale: ``"estimate"`` or ``"oracle"``.
+        noise_std: the k-space noise std in the file's units; ``None`` estimates it.
+        file: the file's header (:func:`open_fastmri`), to avoid reading it again.
+        estimates: the volume's estimates (:func:`volume_estimates`) for this mask, to reuse them.
+
+    Returns:
+        A complex :class:`~invdiff.problems.base.Problem` named ``"fastmri"`` on ``(B, 2, H, W)``;
+        its target is the reference ``(B, 1, h, w)`` or ``None``.
+    """
+    file = file or open_fastmri(path)
+    maps_options = maps or MapsOptions()
+    if not slices:
+        raise ValueError("slices: expected at least one slice index")
+    indices = []
+    for k in slices:
+        if not -file.num_slices <= int(k) < file.num_slices:
+            raise IndexError(f"{file.path}: slice {k} is out of range for a volume of {file.num_slices} slices")
+        indices.append(int(k) % file.num_slices)
+    mask = sampling_mask(file, acceleration, center_fraction, mask_kind)
+    est = estimates or volume_estimates(file, mask, scale=scale, noise_std=noise_std)
+    ys, all_maps, targets = [], [], []
+    for index in indices:
+        s = read_slice(file.path, index)
+        kspace = _readout_ready(s.kspace, file) * est.scale
+        y = kspace * mask
+        maps_i, estimator = _slice_maps(file, index, kspace, y, est.acs, maps_options)
+        if not file.single_coil:
+            maps_i = _align_phase(maps_i, y)
+        ys.append(y)
+        all_maps.append(maps_i)
+        if file.target_key is not None:
+            target = s.reconstruction_rss if file.target_key == "reconstruction_rss" else s.reconstruction_esc
+            targets.append(target)
+    y, coil_maps = torch.stack(ys), torch.stack(all_maps)
+    H, W = y.shape[-2:]
+    if file.single_coil:
+        op, support = SingleCoilMRI(mask.expand(H, W)) @ RealToComplex(), None
+        y = y[:, 0:1]
+    else:
+        op = MultiCoilMRI(coil_maps, mask.expand(H, W)) @ RealToComplex()
+        support = coil_maps.abs().square().sum(1) > 0
+    info = {
+        "file": str(file.path), "slices": indices, "prospective": file.prospective,
+        "acceleration": None if file.prospective else acceleration,
+        "mask_columns": int((mask > 0).sum()), "coil_maps": maps_options.method, "maps_estimator": estimator,
+        **est.as_dict(),
+    }
+    return Problem(
+        "fastmri", op, y, est.noise_std * est.scale, (len(indices), 2, H, W),
+        target=torch.stack(targets)[:, None].float() if targets else None,
+        is_complex=True, scale=est.scale, crop=file.recon_size, support=support, data_range=file.data_max,
+        baseline="cg", baseline_kwargs={"max_iter": 30}, info=info,
+    )
+
+
+def fastmri(
+    file: str,
+    slice: int = 0,
+    acceleration: float = 4,
+    center_fraction: float | None = None,
+    mask_kind: str = "equispaced",
+    coil_maps: str = "acs",
+    scale: str = "estimate",
+    noise_std: float | None = None,
+    calib_rows: int = 24,
+    kernel_width: int = 6,
+) -> Problem:
+    """One slice of a user's fastMRI file (``task=fastmri task.file=<h5> task.slice=<k>``); see
+    :func:`fastmri_problem` and the module docstring."""
+    if not file or file == "???":
+        raise ValueError("task.file: expected the path of a fastMRI .h5 file (task.file=<path>)")
+    maps = MapsOptions(coil_maps, calib_rows=calib_rows, kernel_width=kernel_width)
+    return fastmri_problem(file, [slice], acceleration=acceleration, center_fraction=center_fraction,
+                           mask_kind=mask_kind, maps=maps, scale=scale, noise_std=noise_std)
+
+
+__all__ = ["COIL_MAPS", "Estimates", "FastMRIFile", "MapsOptions", "SCALES", "acs_kernel_width", "acs_maps", "acs_scale",
+           "calibration_width", "fastmri",
+           "fastmri_problem", "kspace_noise", "open_fastmri", "sampling_mask", "volume_estimates"]

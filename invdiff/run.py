@@ -1,0 +1,312 @@
+r"""Run a named method on a problem: the one place where a sampler or a baseline meets its problem.
+
+:class:`Method` names a posterior sampler (a key of :data:`invdiff.samplers.SAMPLERS`, with its
+number of steps, noise schedule and options) or a classical baseline (a key of
+:data:`invdiff.samplers.BASELINES`, with its options); a bad key, schedule or option raises a
+``ValueError`` naming the config key when the method is built, before any work.
+:func:`run_method` runs it on a :class:`~invdiff.problems.base.Problem` with a prior and a
+generator; :func:`reconstruct` adds the problem's baseline and the scores, and
+:func:`save_result` writes a run directory. ``scripts/reconstruct.py``, the batch engine
+(:mod:`invdiff.batch`) and every benchmark go through :func:`run_method`.
+
+**Image size.** The unknown's shape is the problem's (the operator's domain), never the size the
+prior was trained at: a convolutional prior trained on 64 x 64 crops runs on a 320 x 372 image.
+Before any work the prior says at which size it runs (:meth:`~invdiff.priors.base.Denoiser.input_size`):
+a prior that cannot run on the problem (other channels, a fixed-size prior at another size)
+raises an error naming both shapes; a network that needs sizes divisible by ``2**levels`` runs
+on the unknown zero-padded to the next multiple, through ``op @ CenterCrop(padded, size)``, and
+the padding is cropped away afterwards. The padded pixels are unobserved, so the prior alone
+fills them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from invdiff.fileio import atomic_write, json_safe
+from invdiff.priors.base import Denoiser
+from invdiff.priors.precision import PRECISIONS, with_precision
+from invdiff.problems.base import Problem
+from invdiff.samplers import BASELINES, SAMPLERS
+from invdiff.schedules import SCHEDULES, make_sigmas
+from operators import CenterCrop
+
+OUTPUTS = ("reconstruction.npy", "baseline.npy", "metrics.json", "figure.png", "config.yaml")
+"""The files a run writes; a directory holding any of them is not written over silently."""
+
+_METHOD_KEYS = ("sampler", "baseline", "steps", "schedule", "schedule_params", "params")
+_PASSED = ("noise_std", "generator", "shape", "callback")
+"""Sampler arguments the run layer sets itself; a method's ``params`` may not name them."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _options(fn: Callable, skip: int, fixed: tuple[str, ...] = ()) -> list[str] | None:
+    """The keyword options of ``fn`` after its first ``skip`` arguments; ``None`` if it takes ``**kwargs``."""
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params[skip:] if p.kind in keyword and p.name not in fixed]
+
+
+@dataclass
+class Method:
+    """A named reconstruction method: a posterior sampler with its schedule, or a baseline.
+
+    Attributes:
+        name: the method's name in reports (e.g. ``"dds"``, ``"reddiff_100"``).
+        sampler: a key of :data:`invdiff.samplers.SAMPLERS`, or ``None`` for a baseline.
+        baseline: a key of :data:`invdiff.samplers.BASELINES`, or ``None`` for a sampler.
+        steps: the sampler's number of steps (network evaluations for most).
+        schedule: a key of :data:`invdiff.schedules.SCHEDULES`.
+        schedule_params: the schedule's options; ``sigma_min`` and ``sigma_max`` default to the
+            prior's noise range.
+        params: the sampler's or baseline's keyword options.
+        where: how errors name the method (a config key, e.g. ``"methods.dds"``).
+    """
+
+    name: str
+    sampler: str | None = None
+    baseline: str | None = None
+    steps: int = 50
+    schedule: str = "vp"
+    schedule_params: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    where: str | None = None
+
+    def __post_init__(self) -> None:
+        where = self.where or f"methods.{self.name}"
+        self.schedule_params, self.params = dict(self.schedule_params or {}), dict(self.params or {})
+        if (self.sampler is None) == (self.baseline is None):
+            raise ValueError(f"{where}: expected exactly one of 'sampler' and 'baseline'")
+        if self.baseline is not None:
+            if self.baseline not in BASELINES:
+                raise ValueError(f"{where}.baseline: {self.baseline!r} is not one of {sorted(BASELINES)}")
+            self._check_options(self.params, _options(BASELINES[self.baseline], 2), f"{where}.params", self.baseline)
+            return
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"{where}.sampler: {self.sampler!r} is not one of {sorted(SAMPLERS)}")
+        self._check_options(self.params, _options(SAMPLERS[self.sampler], 4, _PASSED), f"{where}.params",
+                            self.sampler)
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"{where}.steps: expected a positive integer, got {self.steps!r}")
+        self.steps = int(self.steps)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{where}.schedule: {self.schedule!r} is not one of {sorted(SCHEDULES)}")
+        self._check_options(self.schedule_params, _options(SCHEDULES[self.schedule], 1),
+                            f"{where}.schedule_params", f"the {self.schedule} schedule")
+
+    @staticmethod
+    def _check_options(given: Mapping, accepted: list[str] | None, where: str, owner: str) -> None:
+        unknown = sorted(set(given) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise ValueError(f"{where}: {unknown} are not options of {owner}; expected some of {accepted}")
+
+    @classmethod
+    def from_config(cls, name: str, entry: Mapping, where: str | None = None) -> Method:
+        """A method from a config entry ``{sampler|baseline, steps, schedule, schedule_params, params}``."""
+        where = where or f"methods.{name}"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected a mapping with a 'sampler' or a 'baseline' key, got {entry!r}")
+        unknown = sorted(set(entry) - set(_METHOD_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; expected some of {list(_METHOD_KEYS)}")
+        if "sampler" not in entry and "baseline" not in entry:
+            raise ValueError(f"{where}: expected a 'sampler' or a 'baseline' key, got {sorted(entry)}")
+        return cls(name, where=where, **dict(entry))
+
+    @property
+    def is_sampler(self) -> bool:
+        return self.sampler is not None
+
+    @property
+    def fn(self) -> Callable:
+        return SAMPLERS[self.sampler] if self.is_sampler else BASELINES[self.baseline]
+
+    def sigmas(self, prior: Denoiser) -> Tensor:
+        """The noise schedule: ``steps`` steps over the prior's noise range unless ``schedule_params`` narrows it."""
+        params = {"sigma_min": prior.sigma_min, "sigma_max": prior.sigma_max, **self.schedule_params}
+        return make_sigmas(self.schedule, self.steps, **params)
+
+
+def _generator_on(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` itself on its own device type, else a generator on ``device`` seeded from it."""
+    if generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return torch.Generator(device).manual_seed(seed)
+
+
+def run_method(
+    method: Method,
+    problem: Problem,
+    prior: Denoiser | None = None,
+    *,
+    generator: torch.Generator,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[Tensor, dict]:
+    """Run ``method`` on ``problem``.
+
+    Args:
+        method: the sampler or baseline.
+        problem: what to reconstruct.
+        prior: the denoiser a sampler needs; baselines ignore it.
+        generator: the source of every random choice; the same state gives the same output on
+            the CPU. On another device type a generator there is seeded from it.
+        device: where to run (``"auto"``: CUDA when present).
+        precision: the network's precision, ``"fp32"``, ``"bf16"`` or ``"fp16"``
+            (:func:`invdiff.priors.precision.with_precision`); the sampler itself runs in float32.
+        callback: called after every sampler step with the sampler's step dictionary.
+
+    Returns:
+        ``(x, info)``: ``x`` ``problem.x_shape`` on the CPU in the operator's domain (the
+        model's scale), ``info`` the method's, with ``nfe`` and ``seconds``.
+
+    Raises:
+        ValueError: a sampler without a prior, a prior that cannot run on the problem (naming both
+            shapes), an unknown precision, or the method's own input errors.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = resolve_device(device)
+    start = time.perf_counter()
+    op, y = problem.op.to(device=device), problem.y.to(device)
+    if not method.is_sampler:
+        x, info = method.fn(op, y, **method.params)
+    else:
+        if prior is None:
+            raise ValueError(f"{method.name}: the sampler {method.sampler!r} needs a prior")
+        shape = problem.x_shape
+        size = tuple(prior.input_size(shape))
+        if size != shape[-2:]:
+            op = op @ CenterCrop(size, shape[-2:])
+        denoiser = with_precision(prior.to(device), precision)
+        x, info = method.fn(
+            denoiser, op, y, method.sigmas(prior).to(device), noise_std=problem.noise_std,
+            generator=_generator_on(generator, device), shape=(*shape[:2], *size), callback=callback,
+            **method.params,
+        )
+        if size != shape[-2:]:
+            x = CenterCrop(size, shape[-2:]).A(x)
+    info = {**info, "nfe": int(info.get("nfe", 0)), "seconds": time.perf_counter() - start}
+    return x.detach().cpu(), info
+
+
+def baseline_method(problem: Problem) -> Method:
+    """The problem's classical reconstruction as a :class:`Method`."""
+    return Method(problem.baseline, baseline=problem.baseline, params=problem.baseline_kwargs,
+                  where=f"{problem.name}.baseline")
+
+
+@dataclass
+class Result:
+    """A finished reconstruction: the method's and the baseline's outputs (operator domain) and the scores."""
+
+    x_hat: Tensor
+    x_baseline: Tensor
+    metrics: dict
+    info: dict
+
+
+def reconstruct(
+    problem: Problem,
+    prior: Denoiser | None,
+    method: Method,
+    *,
+    seed: int,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    callback: Callable[[dict], None] | None = None,
+) -> Result:
+    """Run ``method`` and the problem's baseline on ``problem`` and score both when it has a target.
+
+    Args:
+        problem: what to reconstruct.
+        prior: the prior a sampler needs.
+        method: the method to run.
+        seed: seeds the method's generator; the same seed gives the same output on the CPU.
+        device: where to run.
+        precision: the network's precision.
+        callback: called after every sampler step.
+    """
+    device = resolve_device(device)
+    x_hat, info = run_method(method, problem, prior, generator=torch.Generator().manual_seed(seed), device=device,
+                             precision=precision, callback=callback)
+    baseline = baseline_method(problem)
+    x_baseline, _ = run_method(baseline, problem, generator=torch.Generator().manual_seed(seed), device=device)
+    metrics = {
+        "task": problem.name,
+        "sampler": method.name,
+        "baseline": baseline.name,
+        "reconstruction": problem.score(x_hat),
+        "baseline_metrics": problem.score(x_baseline),
+        "nfe": info["nfe"],
+        "seconds": float(info["seconds"]),
+        "seed": seed,
+        "device": str(device),
+        "precision": precision,
+        "shape": list(problem.x_shape),
+        "problem": problem.info,
+    }
+    return Result(x_hat, x_baseline, metrics, info)
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a directory that already holds a run's outputs unless ``overwrite``."""
+    existing = [name for name in OUTPUTS if (Path(run_dir) / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{run_dir}: already holds {', '.join(existing)}; choose another hydra.run.dir or pass overwrite=true"
+        )
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+def save_result(result: Result, problem: Problem, run_dir: Path, config_yaml: str) -> None:
+    """Write ``reconstruction.npy`` and ``baseline.npy`` (:meth:`Problem.output`, data units),
+    ``metrics.json``, ``figure.png`` (reference, when there is one, | baseline | reconstruction
+    | error) and the resolved ``config.yaml`` into ``run_dir``, each atomically."""
+    from invdiff.figures import comparison_figure
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _save_npy(run_dir / "reconstruction.npy", problem.output(result.x_hat))
+    _save_npy(run_dir / "baseline.npy", problem.output(result.x_baseline))
+    text = json.dumps(json_safe(result.metrics), indent=2) + "\n"
+    atomic_write(run_dir / "metrics.json", lambda p: p.write_text(text))
+    atomic_write(run_dir / "config.yaml", lambda p: p.write_text(config_yaml))
+    middle = problem.batch // 2  # the middle slice of a volume, the image of a 2D problem
+    truth = problem.target[middle] if problem.target is not None else None
+    images = [problem.image(x)[middle] for x in (result.x_baseline, result.x_hat)]
+    atomic_write(
+        run_dir / "figure.png",
+        lambda p: comparison_figure(
+            truth, *images,
+            titles=("reference", result.metrics["baseline"], result.metrics["sampler"]),
+            scores=(result.metrics["baseline_metrics"], result.metrics["reconstruction"]),
+            path=p,
+        ),
+    )
