@@ -37,16 +37,18 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from invdiff.benchmarks.common import markdown_table
-from invdiff.metrics import sliced_wasserstein
 from invdiff.fileio import atomic_write, json_safe
+from invdiff.metrics import sliced_wasserstein
 from invdiff.priors.gmm import GaussianMixture
+from invdiff.problems.base import Problem as InverseProblem
+from invdiff.run import Method, run_method
 from operators.base import Matrix
 
 log = logging.getLogger(__name__)
@@ -165,15 +167,19 @@ def check_samplers(samplers: dict[str, dict], run: Sequence[str], registry: dict
 
 
 def run_sampler(
-    fn, problem: Problem, sigmas: Tensor, *, population: str, n: int, params: dict, generator: torch.Generator
+    method: Method, problem: Problem, *, population: str, n: int, generator: torch.Generator
 ) -> tuple[Tensor, dict]:
-    """``n`` samples of one sampler on one problem, ``(n, 1, 1, d)``, and its ``info``."""
+    """``n`` samples of one sampler on one problem, ``(n, 1, 1, d)``, and its ``info``, through
+    :func:`invdiff.run.run_method`: ``n`` chains are the batch of ``y`` repeated, ``n`` particles
+    one problem with ``num_particles=n``."""
     if population == "chains":
         y = problem.y.reshape(1, -1).expand(n, -1)
-        x, info = fn(problem.prior, problem.op, y, sigmas, noise_std=problem.noise_std, generator=generator, **params)
+        posed = InverseProblem("gmm", problem.op, y, problem.noise_std, (n, 1, 1, problem.d))
+        x, info = run_method(method, posed, problem.prior, generator=generator)
         return x.reshape(n, 1, 1, problem.d), info
-    x, info = fn(problem.prior, problem.op, problem.y.reshape(1, -1), sigmas, noise_std=problem.noise_std,
-                 generator=generator, num_particles=n, **params)
+    method = replace(method, params={**method.params, "num_particles": n})
+    posed = InverseProblem("gmm", problem.op, problem.y.reshape(1, -1), problem.noise_std, (1, 1, 1, problem.d))
+    x, info = run_method(method, posed, problem.prior, generator=generator)
     particles = info.get("particles")
     if particles is None or particles.numel() != n * problem.d:
         shape = None if particles is None else tuple(particles.shape)
@@ -202,7 +208,6 @@ def evaluate_problem(
     problem: Problem,
     samplers: dict[str, dict],
     run: Sequence[str],
-    registry: dict,
     *,
     num_samples: int,
     projections: int,
@@ -210,8 +215,6 @@ def evaluate_problem(
     p: int = 2,
 ) -> list[dict]:
     """Every configured sampler and sweep point on one problem: one row each (``CSV_FIELDS``)."""
-    from invdiff.schedules import make_sigmas
-
     sw_seed = _problem_seed(problem.d, problem.dy, problem.seed) + 3
     run = [name for name in run if problem.d in (samplers[name].get("dims") or [problem.d])]
     sweeps = {name: _sweep(samplers[name], num_samples, problem.d) for name in run}
@@ -220,19 +223,18 @@ def evaluate_problem(
     rows = []
     for name in run:
         entry = samplers[name]
-        fn = registry[entry.get("sampler", name)]
         population = entry.get("population", "chains")
         for steps, n in sweeps[name]:
-            sigmas = make_sigmas(entry.get("schedule", "vp"), steps, sigma_min=problem.prior.sigma_min,
-                                 sigma_max=problem.prior.sigma_max, **dict(entry.get("schedule_params") or {}))
+            method = Method(name, sampler=entry.get("sampler", name), steps=steps,
+                            schedule=entry.get("schedule", "vp"), schedule_params=entry.get("schedule_params") or {},
+                            params=entry.get("params") or {}, where=f"benchmark.samplers.{name}")
             generator = torch.Generator().manual_seed(_problem_seed(problem.d, problem.dy, problem.seed) + 11)
             row = {"d": problem.d, "dy": problem.dy, "seed": problem.seed, "noise_std": problem.noise_std,
                    "sampler": name, "population": population, "steps": steps, "particles": n,
                    "floor": floors[n], "error": ""}
             start = time.perf_counter()
             try:
-                x, info = run_sampler(fn, problem, sigmas, population=population, n=n,
-                                      params=dict(entry.get("params") or {}), generator=generator)
+                x, info = run_sampler(method, problem, population=population, n=n, generator=generator)
             except FloatingPointError as err:  # a diverging chain is a result, recorded and reported
                 row.update(nfe=float("nan"), sw=float("nan"), ratio=float("nan"),
                            seconds=time.perf_counter() - start, error=f"FloatingPointError: {err}")
@@ -243,7 +245,7 @@ def evaluate_problem(
             seconds = time.perf_counter() - start
             sw = sliced_wasserstein(x, problem.reference, projections=projections, p=p,
                                     generator=torch.Generator().manual_seed(sw_seed))
-            row.update(nfe=int(info.get("nfe", steps)), sw=sw, ratio=sw / floors[n], seconds=seconds)
+            row.update(nfe=info["nfe"] or steps, sw=sw, ratio=sw / floors[n], seconds=seconds)
             log.info("d=%d dy=%d seed=%d %s steps=%d N=%d: SW %.4g (floor %.4g) in %.1f s", problem.d, problem.dy,
                      problem.seed, name, steps, n, sw, floors[n], seconds)
             rows.append(row)
@@ -405,7 +407,7 @@ def gmm_benchmark(
         problems.append({"d": d, "dy": dy, "seed": seed, "noise_std": problem.noise_std,
                          "singular_values": torch.linalg.svdvals(problem.A).tolist(),
                          "posterior_weights_max": float(problem.posterior.weights.max())})
-        rows += evaluate_problem(problem, samplers, run, SAMPLERS, num_samples=num_samples,
+        rows += evaluate_problem(problem, samplers, run, num_samples=num_samples,
                                  projections=projections, floor_repeats=floor_repeats, p=p)
     summary = summarise(rows)
     total = time.perf_counter() - start

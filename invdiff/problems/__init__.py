@@ -8,11 +8,12 @@ measurement.
 """
 
 from invdiff.problems.base import Problem, measure, simulated
+from invdiff.problems.fastmri import fastmri, fastmri_problem
 from invdiff.problems.simulated import SIMULATED, ct, ct_prelog, inpaint, mri, mri_operator, phase, sr
 from invdiff.problems.volumes import brain_volume, ct3d, mri3d, phantom_volume
 
-PROBLEMS = {**SIMULATED, "ct3d": ct3d, "mri3d": mri3d}
-"""Simulated tasks by name (the ``task=`` options whose problem has a ground truth)."""
+PROBLEMS = {**SIMULATED, "ct3d": ct3d, "mri3d": mri3d, "fastmri": fastmri}
+"""Task functions by name: the simulated tasks and the file problems."""
 
 __all__ = [
     "PROBLEMS",
@@ -22,6 +23,8 @@ __all__ = [
     "ct",
     "ct3d",
     "ct_prelog",
+    "fastmri",
+    "fastmri_problem",
     "inpaint",
     "measure",
     "mri",
