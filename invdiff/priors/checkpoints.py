@@ -139,7 +139,7 @@ def load_adm(
     path: str | os.PathLike,
     config: str | dict = "ffhq_256",
     *,
-    data_range: tuple[float, float] | None = None,
+    data_range: tuple[float, float] | str | None = None,
     alphas_cumprod: Tensor | None = None,
     timesteps: str = "continuous",
 ) -> VPDenoiser:
@@ -150,7 +150,10 @@ def load_adm(
         config: a name of :data:`~invdiff.priors.adm.ADM_CONFIGS` or :class:`~invdiff.priors.adm.ADMUNet`
             arguments.
         data_range: the range of the caller's images; ``None`` serves the network's own
-            :math:`[-1, 1]`, ``(0, 1)`` maps :math:`[0, 1]` images onto it.
+            :math:`[-1, 1]`, ``(0, 1)`` maps :math:`[0, 1]` images onto it; ``"auto"`` picks by
+            the network's channels: ``None`` for 2 channels (complex images as real and imaginary
+            parts, which the problems scale to a magnitude of about 1, as DDS's fastMRI network
+            was trained), ``(0, 1)`` for grey-level and RGB images.
         alphas_cumprod: the training schedule; default DDPM's linear β, ``T = 1000``.
         timesteps: ``"continuous"`` or ``"nearest"`` (see :class:`~invdiff.priors.adapters.VPDenoiser`).
 
@@ -167,6 +170,10 @@ def load_adm(
     load_state_dict_strict(net, read_state_dict(path), path)
     net.eval().requires_grad_(False)
     cfg = net.config
+    if isinstance(data_range, str):
+        if data_range != "auto":
+            raise ValueError(f"data_range: expected (low, high), None or 'auto', got {data_range!r}")
+        data_range = None if cfg["in_channels"] == 2 else (0.0, 1.0)
     denoiser = VPDenoiser(
         net,
         vp_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod,

@@ -3,16 +3,18 @@
 :class:`Problem` (:mod:`invdiff.problems.base`) holds the operator, the measurement, the noise
 level, an optional reference and the display rules. Simulated tasks (2D:
 :mod:`invdiff.problems.simulated`; volumes: :mod:`invdiff.problems.volumes`) build one from a
-held-out ground truth (:mod:`invdiff.problems.images`); file problems build one from a user's
-measurement.
+held-out ground truth or a user's image file (:mod:`invdiff.problems.images`); file problems
+build one from a user's measurement (fastMRI k-space: :mod:`invdiff.problems.fastmri`; a CT
+sinogram: :mod:`invdiff.problems.ct_files`).
 """
 
 from invdiff.problems.base import Problem, measure, simulated
+from invdiff.problems.ct_files import ct_sinogram, read_sinogram, write_sinogram
 from invdiff.problems.fastmri import fastmri, fastmri_problem
 from invdiff.problems.simulated import SIMULATED, ct, ct_prelog, inpaint, mri, mri_operator, phase, sr
 from invdiff.problems.volumes import brain_volume, ct3d, mri3d, phantom_volume
 
-PROBLEMS = {**SIMULATED, "ct3d": ct3d, "mri3d": mri3d, "fastmri": fastmri}
+PROBLEMS = {**SIMULATED, "ct3d": ct3d, "mri3d": mri3d, "fastmri": fastmri, "ct_sinogram": ct_sinogram}
 """Task functions by name: the simulated tasks and the file problems."""
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "brain_volume",
     "ct",
     "ct3d",
+    "ct_sinogram",
     "ct_prelog",
     "fastmri",
     "fastmri_problem",
@@ -32,6 +35,8 @@ __all__ = [
     "mri_operator",
     "phantom_volume",
     "phase",
+    "read_sinogram",
     "simulated",
     "sr",
+    "write_sinogram",
 ]

@@ -2,7 +2,10 @@ r"""Simulated problems: a held-out ground truth, an operator, a noisy measuremen
 
 Each task function builds a :class:`~invdiff.problems.base.Problem` from typed arguments
 (configs in ``configs/task/`` call them through Hydra); its ground truth comes from
-:func:`invdiff.problems.images.ground_truth`, in the representation the prior models.
+:func:`invdiff.problems.images.ground_truth`, in the representation the prior models. ``ct``,
+``inpaint`` and ``sr`` also take a user's image file as the ground truth (``image=<path>``, used
+at its own size; :mod:`invdiff.problems.images`), and ``inpaint`` and ``sr`` RGB images
+(``channels=3``).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from pathlib import Path
 
 import sigpy.mri
 import torch
+from torch import Tensor
 
 from invdiff.problems.base import Problem, measure, simulated
-from invdiff.problems.images import ground_truth
+from invdiff.problems.images import describe, ground_truth, is_image_file, read_image_file
 from operators import (
     Inpainting,
     MultiCoilMRI,
@@ -58,12 +62,42 @@ def mri(
                      is_complex=True)
 
 
+def _truth(image: str, size: int, index: int, channels: int, data_root: str | Path) -> tuple[Tensor, dict]:
+    """The real ground truth ``(1, channels, H, W)`` and its provenance for ``Problem.info``: a
+    packaged source at ``size``, or a user's file at its own size."""
+    if is_image_file(image):
+        return read_image_file(image, channels=channels, index=index)
+    x = ground_truth(image, size, index, complex_=False, channels=channels, data_root=data_root)
+    return x, describe(image, size, index, channels)
+
+
 def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, image: str = "phantom", index: int = 0,
        seed: int = 0, data_root: str | Path = "data") -> Problem:
-    """Sparse-view parallel-beam CT of a held-out image (attenuation per pixel length, about ``[0, 1]``)."""
-    x = ground_truth(image, size, index, complex_=False, data_root=data_root)
-    op = ParallelBeamCT((size, size), sparse_view_angles(views))
-    return simulated("ct", op, x, measure(op, x, noise_std, seed), noise_std, "fbp")
+    """Sparse-view parallel-beam CT of a held-out image or a user's file (relative attenuation).
+
+    The image is relative attenuation, about ``[0, 1]`` (a DICOM file is converted from
+    Hounsfield units, :func:`invdiff.problems.images.relative_attenuation`); the sinogram holds
+    its line integrals in pixel lengths over ``views`` equispaced angles in ``[0, pi)``, on
+    ``ceil(hypot(H, W))`` unit bins. ``noise_std`` is in the same units, so at a fixed
+    ``noise_std`` a larger image (longer paths) has a higher signal-to-noise ratio.
+
+    Args:
+        size: image side of a packaged source; an image file keeps its own ``H x W``
+            (non-square is fine).
+        views: number of projection angles.
+        noise_std: Gaussian noise std of the sinogram.
+        image: a packaged source (``"ct"``, ``"phantom"``, ...) or the path of an image file
+            (``.dcm``, ``.npy``, ``.png``, ...; :mod:`invdiff.problems.images`).
+        index: which held-out image (the frame of a multi-frame DICOM file).
+        seed: seeds the noise.
+        data_root: where datasets are built.
+
+    Returns:
+        a problem on ``(1, 1, H, W)`` with its FBP baseline.
+    """
+    x, info = _truth(image, size, index, 1, data_root)
+    op = ParallelBeamCT(tuple(x.shape[-2:]), sparse_view_angles(views))
+    return simulated("ct", op, x, measure(op, x, noise_std, seed), noise_std, "fbp", info=info)
 
 
 def inpaint(
@@ -76,25 +110,69 @@ def inpaint(
     index: int = 0,
     seed: int = 0,
     data_root: str | Path = "data",
+    channels: int = 1,
 ) -> Problem:
-    """Inpainting of a held-out image: a random-pixel mask (``observed`` fraction kept) or a centred box."""
-    x = ground_truth(image, size, index, complex_=False, data_root=data_root)
+    """Inpainting of a held-out image or a user's file, grey level or RGB.
+
+    Args:
+        size: image side of a packaged source; an image file keeps its own ``H x W``.
+        mask: ``"random"`` (each pixel observed with probability ``observed``, seeded by
+            ``seed``) or ``"box"`` (a centred ``box x box`` hole); one ``(H, W)`` mask shared
+            by the channels.
+        observed: the fraction of pixels kept by the random mask.
+        box: the side of the box hole.
+        noise_std: Gaussian noise std on the observed pixels, image units (``[0, 1]``).
+        image: a packaged source (``"natural"``, ``"natural_rgb"``, ``"phantom"``, ...) or the
+            path of an image file (:mod:`invdiff.problems.images`).
+        index: which held-out image.
+        seed: seeds the mask and the noise.
+        data_root: where datasets are built.
+        channels: 1 (grey level) or 3 (RGB; ``image="natural"`` then takes ``"natural_rgb"``).
+
+    Returns:
+        a problem on ``(1, channels, H, W)`` with the masked measurement as its baseline.
+    """
+    x, info = _truth(image, size, index, channels, data_root)
+    H, W = x.shape[-2:]
     masks = {
-        "random": lambda: random_pixel_mask((size, size), observed, generator=torch.Generator().manual_seed(seed)),
-        "box": lambda: box_mask((size, size), (box, box)),
+        "random": lambda: random_pixel_mask((H, W), observed, generator=torch.Generator().manual_seed(seed)),
+        "box": lambda: box_mask((H, W), (box, box)),
     }
     if mask not in masks:
         raise ValueError(f"mask: expected one of {sorted(masks)}, got {mask!r}")
     op = Inpainting(masks[mask]())
-    return simulated("inpaint", op, x, measure(op, x, noise_std, seed), noise_std, "adjoint")
+    return simulated("inpaint", op, x, measure(op, x, noise_std, seed), noise_std, "adjoint", info=info)
 
 
 def sr(size: int = 64, factor: int = 4, kernel: str = "bicubic", noise_std: float = 0.01, image: str = "phantom",
-       index: int = 0, seed: int = 0, data_root: str | Path = "data") -> Problem:
-    """Super-resolution of a held-out image by an integer factor with an anti-aliasing kernel."""
-    x = ground_truth(image, size, index, complex_=False, data_root=data_root)
+       index: int = 0, seed: int = 0, data_root: str | Path = "data", channels: int = 1) -> Problem:
+    """Super-resolution of a held-out image or a user's file by an integer factor, grey level or RGB.
+
+    Args:
+        size: image side of a packaged source; an image file keeps its own ``H x W``, which
+            must be multiples of ``factor``.
+        factor: the integer down-sampling factor.
+        kernel: the anti-aliasing kernel (:class:`operators.SuperResolution`).
+        noise_std: Gaussian noise std of the low-resolution image, image units (``[0, 1]``).
+        image: a packaged source or the path of an image file (:mod:`invdiff.problems.images`).
+        index: which held-out image.
+        seed: seeds the noise.
+        data_root: where datasets are built.
+        channels: 1 (grey level) or 3 (RGB; ``image="natural"`` then takes ``"natural_rgb"``).
+
+    Returns:
+        a problem on ``(1, channels, H, W)`` with the pseudo-inverse baseline.
+
+    Raises:
+        ValueError: the image's sides are not multiples of ``factor`` (naming the image).
+    """
+    x, info = _truth(image, size, index, channels, data_root)
     op = SuperResolution(factor, kernel)
-    return simulated("sr", op, x, measure(op, x, noise_std, seed), noise_std, "pinv")
+    H, W = x.shape[-2:]
+    if H % op.factor or W % op.factor:
+        raise ValueError(f"image: {image} is {H} x {W}; super-resolution by factor={op.factor} needs sides that are "
+                         f"multiples of it (crop the image or choose another factor)")
+    return simulated("sr", op, x, measure(op, x, noise_std, seed), noise_std, "pinv", info=info)
 
 
 def phase(size: int = 64, oversampling: float = 2.0, noise_std: float = 0.01, image: str = "phantom",

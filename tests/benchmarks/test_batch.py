@@ -48,8 +48,7 @@ def _ct_folder(path: Path, volumes: int = 2, slices: int = 3, size: int = 24) ->
 def _ct_prior(size: int = 24) -> GaussianMixture:
     """An exact Gaussian prior of ``size x size`` images (mean 0.3, std 0.3): cheap and fixed-size."""
     d = size * size
-    return GaussianMixture(torch.full((1, d), 0.3, dtype=torch.float64), 0.09 * torch.eye(d, dtype=torch.float64)[None],
-                           shape=(1, size, size)).float()
+    return GaussianMixture(torch.full((1, d), 0.3), 0.09 * torch.eye(d)[None], shape=(1, size, size))
 
 
 def _ct_methods() -> dict[str, Method]:
@@ -73,6 +72,7 @@ def _overall(summary: dict) -> list[tuple]:
 def test_kill_and_resume_gives_the_uninterrupted_summary(tmp_path):
     data = _ct_folder(tmp_path / "data")
     full = _run(data, tmp_path / "full", seed=3)
+    assert not full.summary["failed"] and len(full.summary["methods"]) == 4
     # "killed" after 2 problems, with a torn row at the end of the shard's CSV
     out = tmp_path / "resumed"
     partial = _run(data, out, seed=3, max_items=2)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from invdiff.priors.base import Denoiser
 from invdiff.samplers import SAMPLERS
 from invdiff.schedules import SCHEDULES
-from invdiff.tasks import Task
+from invdiff.problems import Problem
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_PHANTOM = ["task.size=16", "task.image=phantom", "prior=phantom", "prior.n_train=40", "prior.rank=8"]
@@ -68,7 +68,7 @@ def _write_unet(path: Path) -> list[str]:
     return [f"prior.path={path}"]
 
 
-COMPLEX = ("mri", "mri3d")
+COMPLEX = ("mri", "mri3d", "fastmri")
 """Tasks (and their default priors) on complex images, 2 channels."""
 
 CHECKPOINTS = {"adm": _write_adm, "edm": _write_edm, "diffusers": _write_diffusers, "unet": _write_unet}
@@ -79,21 +79,30 @@ def test_every_group_has_options():
         assert _options(group), group
 
 
-@pytest.mark.parametrize("task", _options("task"))
+FILE_TASKS = ("fastmri", "ct_sinogram")
+"""Tasks on a user's file (tests/problems, tests/pipeline/test_reconstruct.py); they need task.file."""
+
+
+def _simulated_tasks() -> list[str]:
+    return [t for t in _options("task") if t not in FILE_TASKS]
+
+
+@pytest.mark.parametrize("task", _simulated_tasks())
 def test_task_composes_and_instantiates_with_the_phantom_prior(task, tmp_path):
     complex_ = str(task in COMPLEX).lower()
     cfg = _compose([f"task={task}", f"data_root={tmp_path}", *TINY_PHANTOM, f"prior.complex_={complex_}"])
     built = instantiate(cfg.task)
-    assert isinstance(built, Task) and built.name == task
-    assert built.y.shape == built.op.A(built.x_true).shape
+    assert isinstance(built, Problem) and built.name == task
+    assert built.y.shape == built.op.A(built.x_true).shape and built.x_shape == tuple(built.x_true.shape)
     prior = instantiate(cfg.prior)
     assert isinstance(prior, Denoiser)
     assert prior.shape == tuple(built.x_true.shape[1:])
+    assert prior.input_size(built.x_shape) == built.x_shape[-2:]
     x = built.x_true + 0.1 * torch.randn(built.x_true.shape, generator=torch.Generator().manual_seed(0))
     assert prior(x, 0.1).shape == x.shape
 
 
-@pytest.mark.parametrize("task", _options("task"))
+@pytest.mark.parametrize("task", _simulated_tasks())
 def test_task_default_prior_fits_the_task(task, tmp_path):
     """Each task's default config (its prior named after it) at full size: shapes agree."""
     cfg = _compose([f"task={task}", f"data_root={tmp_path}", "prior.n_train=40", "prior.rank=8"]
@@ -101,6 +110,7 @@ def test_task_default_prior_fits_the_task(task, tmp_path):
     built = instantiate(cfg.task)
     prior = instantiate(cfg.prior)
     assert prior.shape == tuple(built.x_true.shape[1:])
+    assert prior.input_size(built.x_shape) == built.x_shape[-2:]
 
 
 def _is_phantom(prior: str) -> bool:

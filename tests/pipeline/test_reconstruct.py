@@ -98,3 +98,49 @@ def test_default_mri_command_with_the_shipped_prior(tmp_path):
     assert np.load(tmp_path / "run" / "reconstruction.npy").shape == (1, 1, 64, 64)
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "mri_brain_64" in config and "image: mri_brain" in config
+
+
+@pytest.fixture(scope="module")
+def fastmri_files(tmp_path_factory) -> dict[str, Path]:
+    """A fully sampled and a prospective (masked, no reference) generated fastMRI file, 32 x 32 images."""
+    from invdiff.data.datasets import mri_brain_fastmri
+
+    root = tmp_path_factory.mktemp("fastmri")
+    common = {"size": 32, "width": 40, "coils": 4, "slab": 8}
+    return {"full": sorted(mri_brain_fastmri(root, **common).glob("*.h5"))[0],
+            "test": sorted(mri_brain_fastmri(root, acceleration=4, **common).glob("*.h5"))[0]}
+
+
+def test_own_fastmri_files_with_and_without_a_reference(fastmri_files, tmp_path):
+    full = _run(tmp_path, "task=fastmri", f"task.file={fastmri_files['full']}", "task.slice=3", "sampler.steps=3",
+                run_dir=tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert metrics["task"] == "fastmri" and np.isfinite(metrics["reconstruction"]["psnr"])
+    assert metrics["problem"]["slices"] == [3] and metrics["problem"]["noise_rule"] == "readout_background"
+    recon = np.load(tmp_path / "full" / "reconstruction.npy")
+    assert recon.shape == (1, 1, 32, 32) and np.iscomplexobj(recon)  # the header's reconstruction size
+    test = _run(tmp_path, "task=fastmri", f"task.file={fastmri_files['test']}", "task.slice=-1", "sampler.steps=3",
+                run_dir=tmp_path / "test")
+    assert test.returncode == 0, test.stderr[-3000:]
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["reconstruction"] is None and metrics["baseline_metrics"] is None
+    assert metrics["problem"]["prospective"] is True and metrics["problem"]["slices"] == [7]
+    for name in ("reconstruction.npy", "baseline.npy", "figure.png", "config.yaml"):
+        assert (tmp_path / "test" / name).is_file(), name
+    assert "dds | cg" in test.stdout
+
+
+def test_bad_fastmri_input_names_the_file_and_key(fastmri_files, tmp_path):
+    import h5py
+
+    out = _run(tmp_path, "task=fastmri", f"task.file={fastmri_files['full']}", "task.slice=8")
+    assert out.returncode != 0 and "slice 8 is out of range for a volume of 8 slices" in out.stderr
+    assert fastmri_files["full"].name in out.stderr
+    no_kspace = tmp_path / "no_kspace.h5"
+    with h5py.File(no_kspace, "w") as f:
+        f.create_dataset("image", data=np.zeros((1, 4, 4), np.float32))
+    out = _run(tmp_path, "task=fastmri", f"task.file={no_kspace}", run_dir=tmp_path / "b")
+    assert out.returncode != 0 and "no_kspace.h5: no 'kspace' dataset" in out.stderr
+    out = _run(tmp_path, "task=fastmri", run_dir=tmp_path / "c")
+    assert out.returncode != 0 and "task.file" in out.stderr
