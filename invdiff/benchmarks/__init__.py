@@ -6,6 +6,7 @@ from invdiff.benchmarks.mbir import mbir_benchmark
 from invdiff.benchmarks.operators import operator_benchmark
 from invdiff.benchmarks.reconstruction import reconstruction_benchmark
 from invdiff.benchmarks.samplers import sampler_benchmark
+from invdiff.benchmarks.throughput import throughput_benchmark
 from invdiff.benchmarks.volumes import ct_benchmark, mri_benchmark
 
 BENCHMARKS = {
@@ -17,4 +18,5 @@ BENCHMARKS = {
     "operators": operator_benchmark,
     "reconstruction": reconstruction_benchmark,
     "samplers": sampler_benchmark,
+    "throughput": throughput_benchmark,
 }

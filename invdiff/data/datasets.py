@@ -177,10 +177,10 @@ def ct_slice(name: str) -> Tensor:
     1000 HU and above 1. ``(H, W)`` float32."""
     import pydicom.data
 
-    from invdiff.data.dicom import read_ct
+    from invdiff.data.dicom import read_ct, relative_attenuation
 
     hu, _ = read_ct(pydicom.data.get_testdata_file(name, download=False))
-    return ((1 + hu / 1000) / 2).clamp(0, 1)
+    return relative_attenuation(hu)
 
 
 def ct(

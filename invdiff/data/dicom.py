@@ -269,6 +269,20 @@ def hu_to_attenuation(hu: Tensor, mu_water: float = MU_WATER) -> Tensor:
     return (mu_water * (1 + hu / 1000)).clamp(min=0)
 
 
+def relative_attenuation(hu: Tensor) -> Tensor:
+    r"""Hounsfield units to the project's relative attenuation :math:`\mu / (2 \mu_{water})`, clipped to
+    ``[0, 1]`` (air 0, water 0.5, 1000 HU and above 1): the units of the ``ct`` dataset, the CT
+    tasks and the shipped ``ct_64`` prior.
+
+    Args:
+        hu: any shape, real.
+
+    Returns:
+        ``hu``'s shape and dtype.
+    """
+    return ((1 + hu / 1000) / 2).clamp(0, 1)
+
+
 def attenuation_to_hu(mu: Tensor, mu_water: float = MU_WATER) -> Tensor:
     r"""Hounsfield units from linear attenuation, :math:`1000(\mu / \mu_\text{water} - 1)`; the inverse of
     :func:`hu_to_attenuation` above -1000 HU.

@@ -113,8 +113,12 @@ def _as_array(value: Tensor | np.ndarray | Sequence[float] | None, name: str) ->
     return array
 
 
-def write_sinogram(path: str | Path, sinogram: Tensor | np.ndarray, angles: Tensor | np.ndarray | Sequence[float] | None = None,
-                   image: Tensor | np.ndarray | None = None) -> Path:
+def write_sinogram(
+    path: str | Path,
+    sinogram: Tensor | np.ndarray,
+    angles: Tensor | np.ndarray | Sequence[float] | None = None,
+    image: Tensor | np.ndarray | None = None,
+) -> Path:
     """Write a sinogram file that :func:`read_sinogram` and ``task=ct_sinogram`` read (atomically).
 
     Args:
@@ -142,14 +146,15 @@ def write_sinogram(path: str | Path, sinogram: Tensor | np.ndarray, angles: Tens
     if angles is not None:
         arrays["angles"] = _as_array(angles, "angles").astype(np.float64).reshape(-1)
         if arrays["angles"].shape[0] != arrays["sinogram"].shape[-2]:
-            raise ValueError(f"angles: expected {arrays['sinogram'].shape[-2]} angles (the sinogram's views), got "
-                             f"{arrays['angles'].shape[0]}")
+            raise ValueError(f"angles: expected {arrays['sinogram'].shape[-2]} angles (the sinogram's "
+                             f"views), got {arrays['angles'].shape[0]}")
     if image is not None:
         arrays["image"] = _as_array(image, "image").astype(np.float32)
         if arrays["image"].ndim != arrays["sinogram"].ndim or (
                 arrays["image"].ndim == 3 and arrays["image"].shape[0] != arrays["sinogram"].shape[0]):
-            raise ValueError(f"image: expected one image per sinogram slice, (H, W) or (slices, H, W) like the "
-                             f"sinogram's {arrays['sinogram'].shape}, got shape {arrays['image'].shape}")
+            raise ValueError(f"image: expected one image per sinogram slice, (H, W) or (slices, H, W) "
+                             f"like the sinogram's {arrays['sinogram'].shape}, "
+                             f"got shape {arrays['image'].shape}")
 
     def write(tmp: Path) -> None:
         if suffix == ".npz":
@@ -194,8 +199,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if groups:
         raise ValueError(f"{path}: {groups} are HDF5 groups; expected datasets")
     if "sinogram" not in arrays:
-        raise ValueError(f"{path}: no 'sinogram' dataset (found {found}); expected 'sinogram' (views, detectors) "
-                         f"or (slices, views, detectors), optional 'angles' (views,) in radians and 'image'")
+        raise ValueError(f"{path}: no 'sinogram' dataset (found {found}); expected 'sinogram' (views, "
+                         f"detectors) or (slices, views, detectors), optional 'angles' (views,) in radians "
+                         f"and 'image'")
     for key, array in arrays.items():
         if array.dtype.kind not in "biuf":
             raise ValueError(f"{path}: '{key}' is {array.dtype}; expected real numbers")
@@ -234,11 +240,13 @@ def read_sinogram(
                          f"(slices, views, detectors) with at least 3 detectors")
     sinogram = sinogram if sinogram.ndim == 3 else sinogram[None]
     slices, views, detectors = sinogram.shape
-    meta: dict[str, Any] = {"file": str(path), "slices": list(range(slices)), "views": views, "detectors": detectors}
+    meta: dict[str, Any] = {"file": str(path), "slices": list(range(slices)), "views": views,
+                            "detectors": detectors}
     if angles_deg is not None:
         bounds = [float(a) for a in angles_deg]
         if len(bounds) != 2 or not bounds[1] > bounds[0]:
-            raise ValueError(f"angles_deg: expected [start, stop) in degrees with stop > start, got {list(angles_deg)}")
+            raise ValueError(f"angles_deg: expected [start, stop) in degrees with stop > start, "
+                             f"got {list(angles_deg)}")
         angles = np.deg2rad(bounds[0] + (bounds[1] - bounds[0]) * np.arange(views) / views)
         meta["angles"] = f"angles_deg [{bounds[0]:g}, {bounds[1]:g}), {views} equispaced views"
     elif "angles" in arrays:
@@ -248,25 +256,27 @@ def read_sinogram(
             if angles.ndim == 1 and angles.shape[0] == detectors:
                 hint = ("; the sinogram may be transposed (it must be (views, detectors); "
                         "skimage.transform.radon writes (detectors, views))")
-            raise ValueError(f"{path}: 'angles' has shape {angles.shape}; expected ({views},), one angle per view of "
-                             f"'sinogram' {tuple(arrays['sinogram'].shape)}{hint}")
+            raise ValueError(f"{path}: 'angles' has shape {angles.shape}; expected ({views},), one angle per "
+                             f"view of 'sinogram' {tuple(arrays['sinogram'].shape)}{hint}")
         if np.abs(angles).max() > 2 * math.pi * 1.01:
-            raise ValueError(f"{path}: 'angles' reach {np.abs(angles).max():g}; expected radians (these look like "
-                             f"degrees: convert them, or give task.angles_deg=[start, stop))")
+            raise ValueError(f"{path}: 'angles' reach {np.abs(angles).max():g}; expected radians (these "
+                             f"look like degrees: convert them, or give task.angles_deg=[start, stop))")
         meta["angles"] = "file"
     else:
-        raise ValueError(f"{path}: no 'angles' dataset; give the view angles in radians in the file or their range "
-                         f"in degrees with task.angles_deg=[start, stop) ({views} equispaced views)")
+        raise ValueError(f"{path}: no 'angles' dataset; give the view angles in radians in the file or "
+                         f"their range in degrees with task.angles_deg=[start, stop) "
+                         f"({views} equispaced views)")
     image = arrays.get("image")
     if image is not None:
         image = image if image.ndim == 3 else image[None]
         if image.ndim != 3 or image.shape[0] != slices or min(image.shape[1:]) < 1:
-            raise ValueError(f"{path}: 'image' has shape {arrays['image'].shape}; expected one reference per slice "
-                             f"of 'sinogram' {tuple(arrays['sinogram'].shape)}: (H, W) or ({slices}, H, W)")
+            raise ValueError(f"{path}: 'image' has shape {arrays['image'].shape}; expected one reference per "
+                             f"slice of 'sinogram' {tuple(arrays['sinogram'].shape)}: "
+                             f"(H, W) or ({slices}, H, W)")
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     meta["reference"] = image is not None
-    return (torch.from_numpy(np.ascontiguousarray(sinogram, dtype=np.float32)), torch.from_numpy(angles), image,
-            meta)
+    sinogram = torch.from_numpy(np.ascontiguousarray(sinogram, dtype=np.float32))
+    return sinogram, torch.from_numpy(angles), image, meta
 
 
 def _image_shape(image_size: int | Sequence[int] | None, reference: Tensor | None, detectors: int,
@@ -280,10 +290,10 @@ def _image_shape(image_size: int | Sequence[int] | None, reference: Tensor | Non
     if len(size) == 1:
         size = size * 2
     if len(size) != 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in size):
-        raise ValueError(f"image_size: expected a positive int or [H, W], got {image_size!r}")
+        raise ValueError(f"task.image_size: expected a positive int or [H, W], got {image_size!r}")
     shape = (int(size[0]), int(size[1]))
     if reference is not None and tuple(reference.shape[-2:]) != shape:
-        raise ValueError(f"image_size: {list(shape)} differs from the reference 'image' in {path}, "
+        raise ValueError(f"task.image_size: {list(shape)} differs from the reference 'image' in {path}, "
                          f"{list(reference.shape[-2:])}; leave image_size unset to use the reference's size")
     return shape
 
@@ -326,7 +336,8 @@ def ct_sinogram(
     if not scale > 0:
         raise ValueError(f"task.scale: expected model units per file unit (> 0), got {scale}")
     if not detector_spacing > 0:
-        raise ValueError(f"task.detector_spacing: expected the bin width in pixels (> 0), got {detector_spacing}")
+        raise ValueError(f"task.detector_spacing: expected the bin width in pixels (> 0), "
+                         f"got {detector_spacing}")
     path = Path(file)
     sinogram, angles, reference, meta = read_sinogram(path, angles_deg=angles_deg)
     if slices is not None:
@@ -345,18 +356,21 @@ def ct_sinogram(
     if noise_std is None:
         std, rule = estimate_sinogram_noise_std(sinogram), "mad_second_difference"
         if not (math.isfinite(std) and std > 0):
-            raise ValueError(f"{path}: the noise std estimated from 'sinogram' is {std}; give it with task.noise_std")
+            raise ValueError(f"{path}: the noise std estimated from 'sinogram' is {std}; "
+                             f"give it with task.noise_std")
     else:
         if not noise_std > 0:
-            raise ValueError(f"task.noise_std: expected the sinogram's noise std in the file's units (> 0) or null "
-                             f"to estimate it, got {noise_std}")
+            raise ValueError(f"task.noise_std: expected the sinogram's noise std in the file's units (> 0) "
+                             f"or null to estimate it, got {noise_std}")
         std, rule = float(noise_std), "given"
-    op = ParallelBeamCT(shape, angles, n_detectors=sinogram.shape[-1], detector_spacing=float(detector_spacing))
+    op = ParallelBeamCT(shape, angles, n_detectors=sinogram.shape[-1],
+                        detector_spacing=float(detector_spacing))
     meta.update(image_size=list(shape), detector_spacing=float(detector_spacing), scale=float(scale),
                 noise_std=std, noise_rule=rule)
     return Problem(
-        "ct_sinogram", op, float(scale) * sinogram[:, None], float(scale) * std, (sinogram.shape[0], 1, *shape),
-        target=None if reference is None else reference[:, None], scale=float(scale), baseline="fbp", info=meta,
+        "ct_sinogram", op, float(scale) * sinogram[:, None], float(scale) * std,
+        (sinogram.shape[0], 1, *shape), target=None if reference is None else reference[:, None],
+        scale=float(scale), baseline="fbp", info=meta,
     )
 
 

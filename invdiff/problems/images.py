@@ -32,7 +32,7 @@ own size* (``size`` is ignored):
 * ``.dcm`` / ``.dicom`` (or a file without one of the suffixes below that starts like DICOM):
   one CT slice (:func:`invdiff.data.dicom.read_ct`; ``index`` picks the frame of a multi-frame
   image), converted from Hounsfield units to the project's relative attenuation exactly as the
-  ``ct`` dataset does (:func:`relative_attenuation`: air 0, water 0.5, 1000 HU and above 1);
+  ``ct`` dataset does (:func:`invdiff.data.dicom.relative_attenuation`: air 0, water 0.5, 1000 HU and above 1);
 * ``.npy``: a real ``(H, W)`` or ``(C, H, W)`` array (``C`` 1 or 3), taken as it is;
 * ``.png``, ``.jpg``, ``.jpeg``, ``.tif``, ``.tiff``: a photograph, integer pixels divided by their
   type's maximum (255 for 8-bit, 65535 for 16-bit), floating-point TIFFs taken as they are, an
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from invdiff.data.datasets import DATASETS, load_split
-from invdiff.data.dicom import read_ct
+from invdiff.data.dicom import read_ct, relative_attenuation
 from invdiff.data.phantoms import HELD_OUT, complex_phantom, phantom
 from operators import RealToComplex
 
@@ -73,20 +73,6 @@ IMAGE_SUFFIXES = (*DICOM_SUFFIXES, ".npy", *PHOTO_SUFFIXES)
 """Suffixes of image files that :func:`read_image_file` reads."""
 
 CHANNELS = (1, 3)
-
-
-def relative_attenuation(hu: Tensor) -> Tensor:
-    r"""Hounsfield units to the project's relative attenuation :math:`\mu / (2 \mu_{water})`, clipped to
-    ``[0, 1]`` (air 0, water 0.5, 1000 HU and above 1); the formula of
-    :func:`invdiff.data.datasets.ct_slice`, so a DICOM file gives the ``ct`` dataset's values.
-
-    Args:
-        hu: any shape, real.
-
-    Returns:
-        ``hu``'s shape and dtype.
-    """
-    return ((1 + hu / 1000) / 2).clamp(0, 1)
 
 
 def is_image_file(image: str | Path) -> bool:
@@ -134,8 +120,9 @@ def natural_rgb(index: int, size: int) -> Tensor:
     H, W = photo.shape[:2]
     side = min(H, W)
     top, left = (H - side) // 2, (W - side) // 2
-    square = torch.from_numpy(np.ascontiguousarray(photo[top : top + side, left : left + side])).permute(2, 0, 1)
-    resized = F.interpolate(square[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    square = np.ascontiguousarray(photo[top : top + side, left : left + side])
+    square = torch.from_numpy(square).permute(2, 0, 1)[None]
+    resized = F.interpolate(square, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized[0].clamp(0, 1).contiguous()
 
 
@@ -159,7 +146,8 @@ def _read_npy(path: Path) -> Tensor:
         array = array[None]
     if array.ndim != 3 or array.shape[0] not in CHANNELS:
         raise ValueError(
-            f"{path}: expected an (H, W) or (C, H, W) array with C 1 (grey level) or 3 (RGB), got shape {array.shape}"
+            f"{path}: expected an (H, W) or (C, H, W) array with C 1 (grey level) or 3 (RGB), "
+            f"got shape {array.shape}"
         )
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
@@ -189,7 +177,8 @@ def _read_photo(path: Path) -> Tensor:
     array = array.astype(np.float32) / np.float32(scale)
     if array.ndim == 3:
         if array.shape[-1] not in (2, 3, 4):
-            raise ValueError(f"{path}: expected grey-level, grey+alpha, RGB or RGBA pixels, got shape {array.shape}")
+            raise ValueError(f"{path}: expected grey-level, grey+alpha, RGB or RGBA pixels, "
+                             f"got shape {array.shape}")
         array = array[..., :1] if array.shape[-1] == 2 else array[..., :3]  # drop alpha
         array = np.moveaxis(array, -1, 0)
     elif array.ndim == 2:
@@ -249,7 +238,8 @@ def read_image_file(path: str | Path, *, channels: int = 1, index: int = 0) -> t
             raise ValueError(f"index: {path} holds one image; expected index 0, got {index}")
         image = _read_npy(path) if kind == "npy" else _read_photo(path)
     if min(image.shape[-2:]) < 1:
-        raise ValueError(f"{path}: expected an image of at least 1 x 1 pixels, got shape {tuple(image.shape)}")
+        raise ValueError(f"{path}: expected an image of at least 1 x 1 pixels, "
+                         f"got shape {tuple(image.shape)}")
     if not bool(torch.isfinite(image).all()):
         raise ValueError(f"{path}: holds non-finite values (NaN or inf); expected a finite image")
     meta.update(shape=list(image.shape[-2:]), file_channels=int(image.shape[0]))
@@ -284,17 +274,17 @@ def ground_truth(image: str, size: int, index: int, *, complex_: bool, channels:
     """
     channels = _check_channels(channels)
     if complex_ and channels != 1:
-        raise ValueError(f"channels: a complex image is held as 2 channels (real, imaginary); expected channels=1, "
-                         f"got {channels}")
+        raise ValueError(f"channels: a complex image is held as 2 channels (real, imaginary); "
+                         f"expected channels=1, got {channels}")
     if is_image_file(image):
         if complex_:
-            raise ValueError(f"image: {image} would be read as a real image file, the task needs complex images "
-                             f"(expected one of {IMAGES})")
+            raise ValueError(f"image: {image} would be read as a real image file, the task needs "
+                             f"complex images (expected one of {IMAGES})")
         return read_image_file(image, channels=channels, index=index)[0]
     if channels == 3:
         if image not in ("natural", "natural_rgb"):
-            raise ValueError(f"channels: image {image!r} is grey level or complex; channels=3 takes 'natural_rgb' "
-                             f"(or 'natural') or an RGB image file")
+            raise ValueError(f"channels: image {image!r} is grey level or complex; channels=3 takes "
+                             f"'natural_rgb' (or 'natural') or an RGB image file")
         image = "natural_rgb"
     if image == "natural_rgb":
         if complex_:
@@ -306,7 +296,8 @@ def ground_truth(image: str, size: int, index: int, *, complex_: bool, channels:
         return phantom(size, HELD_OUT + index)[None, None]
     test = load_split(DATASETS[image](data_root, size=size, splits=("test",)), "test")
     if not 0 <= index < test.shape[0]:
-        raise ValueError(f"index: expected 0 <= index < {test.shape[0]} (test images of {image}), got {index}")
+        raise ValueError(f"index: expected 0 <= index < {test.shape[0]} (test images of {image}), "
+                         f"got {index}")
     x = torch.from_numpy(np.asarray(test[index : index + 1], dtype=np.float32))
     if (x.shape[1] == 2) != complex_:
         kind = "complex" if complex_ else "real"
@@ -317,11 +308,12 @@ def ground_truth(image: str, size: int, index: int, *, complex_: bool, channels:
 def describe(image: str, size: int, index: int, channels: int = 1) -> dict[str, Any]:
     """JSON-safe provenance of a packaged ground truth (files: :func:`read_image_file`'s ``meta``)."""
     source = "natural_rgb" if channels == 3 and image == "natural" else image
-    info: dict[str, Any] = {"image": source, "index": int(index), "size": int(size), "channels": int(channels)}
+    info: dict[str, Any] = {"image": source, "index": int(index), "size": int(size),
+                            "channels": int(channels)}
     if source == "natural_rgb" and 0 <= index < len(NATURAL_RGB):
         info["photograph"] = NATURAL_RGB[index]
     return info
 
 
 __all__ = ["CHANNELS", "IMAGES", "IMAGE_SUFFIXES", "LUMINANCE", "NATURAL_RGB", "describe", "ground_truth",
-           "is_image_file", "natural_rgb", "read_image_file", "relative_attenuation"]
+           "is_image_file", "natural_rgb", "read_image_file"]

@@ -76,7 +76,7 @@ def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, image: str = "ph
     """Sparse-view parallel-beam CT of a held-out image or a user's file (relative attenuation).
 
     The image is relative attenuation, about ``[0, 1]`` (a DICOM file is converted from
-    Hounsfield units, :func:`invdiff.problems.images.relative_attenuation`); the sinogram holds
+    Hounsfield units, :func:`invdiff.data.dicom.relative_attenuation`); the sinogram holds
     its line integrals in pixel lengths over ``views`` equispaced angles in ``[0, pi)``, on
     ``ceil(hypot(H, W))`` unit bins. ``noise_std`` is in the same units, so at a fixed
     ``noise_std`` a larger image (longer paths) has a higher signal-to-noise ratio.
@@ -144,8 +144,9 @@ def inpaint(
     return simulated("inpaint", op, x, measure(op, x, noise_std, seed), noise_std, "adjoint", info=info)
 
 
-def sr(size: int = 64, factor: int = 4, kernel: str = "bicubic", noise_std: float = 0.01, image: str = "phantom",
-       index: int = 0, seed: int = 0, data_root: str | Path = "data", channels: int = 1) -> Problem:
+def sr(size: int = 64, factor: int = 4, kernel: str = "bicubic", noise_std: float = 0.01,
+       image: str = "phantom", index: int = 0, seed: int = 0, data_root: str | Path = "data",
+       channels: int = 1) -> Problem:
     """Super-resolution of a held-out image or a user's file by an integer factor, grey level or RGB.
 
     Args:
@@ -170,8 +171,8 @@ def sr(size: int = 64, factor: int = 4, kernel: str = "bicubic", noise_std: floa
     op = SuperResolution(factor, kernel)
     H, W = x.shape[-2:]
     if H % op.factor or W % op.factor:
-        raise ValueError(f"image: {image} is {H} x {W}; super-resolution by factor={op.factor} needs sides that are "
-                         f"multiples of it (crop the image or choose another factor)")
+        raise ValueError(f"image: {image} is {H} x {W}; super-resolution by factor={op.factor} needs "
+                         f"sides that are multiples of it (crop the image or choose another factor)")
     return simulated("sr", op, x, measure(op, x, noise_std, seed), noise_std, "pinv", info=info)
 
 
