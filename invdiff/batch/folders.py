@@ -16,7 +16,6 @@ limited wedge), with Gaussian noise of ``noise_std`` drawn from the slice's own 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from invdiff.problems.fastmri import (
     sampling_mask,
     volume_estimates,
 )
-from operators import ParallelBeamCT, limited_angle, sparse_view_angles
+from invdiff.problems.simulated import ct_projections
 
 
 def h5_paths(root: Path, pattern: str) -> list[Path]:
@@ -126,16 +125,9 @@ class CTVolume:
     def problem(self, indices: Sequence[int], setting: dict, *, generators: Sequence[torch.Generator]) -> Problem:
         with open_h5(self.path) as f:
             images = torch.from_numpy(np.stack([np.asarray(f["image"][i], dtype=np.float32) for i in indices]))
-        x = images[:, None]
-        views = int(setting["views"])
-        wedge = setting.get("angle_range")
-        angles = sparse_view_angles(views) if wedge is None else limited_angle(views, math.radians(wedge))
-        op = ParallelBeamCT(tuple(images.shape[-2:]), angles)
-        clean = op.A(x)
-        noise = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=clean.dtype) for g in generators])
-        y = clean + setting["noise_std"] * noise
-        return Problem("ct", op, y, float(setting["noise_std"]), tuple(x.shape), target=x, x_true=x,
-                       data_range=self.data_max, baseline="fbp", info={"file": str(self.path), "slices": list(indices)})
+        return ct_projections(images[:, None], int(setting["views"]), float(setting["noise_std"]), generators,
+                              angle_range=setting.get("angle_range"), data_range=self.data_max,
+                              info={"file": str(self.path), "slices": list(indices)})
 
 
 class CTFolder:

@@ -11,7 +11,7 @@ sinogram: :mod:`invdiff.problems.ct_files`).
 from invdiff.problems.base import Problem, measure, simulated
 from invdiff.problems.ct_files import ct_sinogram, read_sinogram, write_sinogram
 from invdiff.problems.fastmri import fastmri, fastmri_problem
-from invdiff.problems.simulated import SIMULATED, ct, ct_prelog, inpaint, mri, mri_operator, phase, sr
+from invdiff.problems.simulated import SIMULATED, ct, ct_prelog, ct_projections, inpaint, mri, mri_operator, phase, sr
 from invdiff.problems.volumes import brain_volume, ct3d, mri3d, phantom_volume
 
 PROBLEMS = {**SIMULATED, "ct3d": ct3d, "mri3d": mri3d, "fastmri": fastmri, "ct_sinogram": ct_sinogram}
@@ -26,6 +26,7 @@ __all__ = [
     "ct3d",
     "ct_sinogram",
     "ct_prelog",
+    "ct_projections",
     "fastmri",
     "fastmri_problem",
     "inpaint",

@@ -10,6 +10,8 @@ at its own size; :mod:`invdiff.problems.images`), and ``inpaint`` and ``sr`` RGB
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import sigpy.mri
@@ -30,6 +32,7 @@ from operators import (
     TransmissionCT,
     box_mask,
     fastmri_mask,
+    limited_angle,
     random_pixel_mask,
     sparse_view_angles,
 )
@@ -96,8 +99,25 @@ def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, image: str = "ph
         a problem on ``(1, 1, H, W)`` with its FBP baseline.
     """
     x, info = _truth(image, size, index, 1, data_root)
-    op = ParallelBeamCT(tuple(x.shape[-2:]), sparse_view_angles(views))
-    return simulated("ct", op, x, measure(op, x, noise_std, seed), noise_std, "fbp", info=info)
+    return ct_projections(x, views, noise_std, [torch.Generator().manual_seed(seed)], info=info)
+
+
+def ct_projections(x: Tensor, views: int, noise_std: float, generators: Sequence[torch.Generator], *,
+                   angle_range: float | None = None, data_range: float | None = None,
+                   info: dict | None = None) -> Problem:
+    """Parallel-beam CT of the images ``x`` ``(B, 1, H, W)``: ``views`` equispaced angles over
+    180 degrees, or over ``[0, angle_range)`` degrees (limited angle), and Gaussian noise of
+    ``noise_std`` drawn for each image from its own generator (so an image's measurement does not
+    depend on the others in the batch); the problem of :func:`ct` and of the CT batch benchmark."""
+    if len(generators) != x.shape[0]:
+        raise ValueError(f"generators: expected one per image ({x.shape[0]}), got {len(generators)}")
+    angles = sparse_view_angles(views) if angle_range is None else limited_angle(views, math.radians(angle_range))
+    op = ParallelBeamCT(tuple(x.shape[-2:]), angles)
+    clean = op.A(x)
+    noise = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=clean.dtype) for g in generators])
+    problem = simulated("ct", op, x, clean + noise_std * noise, noise_std, "fbp", info=info)
+    problem.data_range = data_range
+    return problem
 
 
 def inpaint(
