@@ -99,6 +99,8 @@ class Volume(Protocol):
     num_slices: int
     data_max: float | None
     """The reference volume's maximum (fastMRI's data range), ``None`` without a reference."""
+    x_shape: tuple[int, int, int, int]
+    """The unknown of one slice, ``(1, C, H, W)``."""
 
     def problem(self, indices: Sequence[int], setting: dict, *, generators: Sequence[torch.Generator]) -> Problem:
         """The slices ``indices`` under ``setting`` as one problem (slices in the batch dimension),
@@ -509,7 +511,6 @@ def run_batch(
     out_dir = Path(out_dir)
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
     done = {_row_key(r) for r in read_rows(out_dir)}
-    writer = RowWriter(out_dir / "rows" / f"shard-{shard.index}-of-{shard.count}.csv")
 
     # 1. Every volume's header (all shards read all headers: cheap); bad files are reported.
     volumes: list[Volume] = []
@@ -520,11 +521,19 @@ def run_batch(
         except (ValueError, OSError) as err:
             log.warning("skipping %s: %s", path.name, err)
             skipped[path.name] = str(err)
+    # 2. A prior that cannot run on a volume stops the run here, before any slice.
+    if prior is not None and any(m.is_sampler for m in methods.values()):
+        for volume in volumes:
+            try:
+                prior.input_size(volume.x_shape)
+            except ValueError as err:
+                raise ValueError(f"{volume.name}: {err}") from None
+    writer = RowWriter(out_dir / "rows" / f"shard-{shard.index}-of-{shard.count}.csv")
     chosen = {v.name: _slice_range(v.num_slices, slices) for v in volumes}
     manifest = {"volumes": chosen, "skipped": skipped, "notes": list(notes)}
     atomic_write_text(out_dir / "rows" / f"manifest-{shard.index}-of-{shard.count}.json", json.dumps(manifest))
 
-    # 2. This shard's problems (slice batches of a volume under a setting), in a fixed order;
+    # 3. This shard's problems (slice batches of a volume under a setting), in a fixed order;
     #    finished keys are skipped.
     problems = [(v, chosen[v.name][k : k + slice_batch], s) for v in volumes
                 for k in range(0, len(chosen[v.name]), slice_batch) for s in settings]

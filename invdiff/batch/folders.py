@@ -74,6 +74,11 @@ class FastMRIVolume:
     def data_max(self) -> float | None:
         return self.file.data_max
 
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        H, W = self.file.kspace_size
+        return 1, 2, H // 2 if self.file.oversampled else H, W
+
     def problem(self, indices: Sequence[int], setting: dict, *, generators: Sequence[torch.Generator]) -> Problem:
         options = {"acceleration": setting.get("acceleration", 4), "center_fraction": setting.get("center_fraction"),
                    "mask_kind": setting.get("mask_kind", "equispaced")}
@@ -121,6 +126,7 @@ class CTVolume:
     name: str
     num_slices: int
     data_max: float
+    x_shape: tuple[int, int, int, int]
 
     def problem(self, indices: Sequence[int], setting: dict, *, generators: Sequence[torch.Generator]) -> Problem:
         with open_h5(self.path) as f:
@@ -149,7 +155,7 @@ class CTFolder:
             data_max = float(f.attrs["max"]) if "max" in f.attrs else float(np.max(ds[()]))
             if not data_max > 0:
                 raise ValueError(f"{path}: the volume's maximum is {data_max}; expected > 0")
-            return CTVolume(path, path.name, ds.shape[0], data_max)
+            return CTVolume(path, path.name, ds.shape[0], data_max, (1, 1, *ds.shape[1:]))
 
 
 def ct_volumes(root: str | Path, size: int = 64, *, slab: int = 2, count: int = 4, split: str = "test") -> Path:

@@ -131,6 +131,13 @@ def test_a_failing_method_leaves_an_error_row_and_the_rest_finishes(tmp_path):
     assert [e["method"] for e in result.summary["methods"]] == ["fbp"]
 
 
+def test_a_prior_that_cannot_run_on_a_volume_stops_the_run_before_any_slice(tmp_path):
+    data = _ct_folder(tmp_path / "data", volumes=1, slices=2)
+    with pytest.raises(ValueError, match=r"vol0\.h5: prior .*runs only at its fixed size 16 x 16.*of size 24 x 24"):
+        run_batch(CTFolder(data), _ct_methods(), CT_SETTINGS, tmp_path / "out", prior=_ct_prior(16))
+    assert not list((tmp_path / "out" / "rows").glob("*.csv"))
+
+
 def test_metrics_follow_fastmri_conventions():
     g = np.random.default_rng(1)
     volume = g.random((3, 16, 16))
