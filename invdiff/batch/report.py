@@ -9,6 +9,10 @@
 * ``seconds.png``: seconds per slice per method and setting (log scale);
 * ``examples.png``: one slice (the middle slice of the first volume) per setting and method,
   beside the reference, with its PSNR.
+
+``python scripts/report.py <run folder> --beside <other run folder>`` also prints the two runs'
+PSNR and SSIM side by side per setting and method (:func:`side_by_side`), e.g. a run without
+oracle information beside the oracle's upper bound.
 """
 
 from __future__ import annotations
@@ -160,3 +164,27 @@ def write_report(run_dir: Path) -> str:
     links = " ".join(f"![{name}]({name})" for name, data in figures.items() if data is not None)
     atomic_write_text(run_dir / "report.md", text + "\n\n" + links + "\n")
     return text
+
+
+def side_by_side(run_dir: Path, other_dir: Path, labels: tuple[str, str] | None = None) -> str:
+    """A markdown table of two runs' PSNR and SSIM per setting and method (those both have), and the
+    difference in PSNR (first minus second)."""
+    first, second = load_summary(run_dir), load_summary(other_dir)
+    labels = labels or (Path(run_dir).name, Path(other_dir).name)
+    other = {(e["setting"], e["method"]): e for e in second["methods"]}
+    lines = [
+        f"| setting | method | NFE | PSNR {labels[0]} | PSNR {labels[1]} | difference | SSIM {labels[0]} | "
+        f"SSIM {labels[1]} | slices |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in first["methods"]:
+        o = other.get((e["setting"], e["method"]))
+        if o is None:
+            continue
+        lines.append(
+            f"| {e['setting']} | {e['method']} | {e['nfe']} | {e['psnr']:.2f} | {o['psnr']:.2f} | "
+            f"{e['psnr'] - o['psnr']:+.2f} | {e['ssim']:.3f} | {o['ssim']:.3f} | {e['slices']} |"
+        )
+    notes = [f"- {labels[i]}: {note}" for i, summary in enumerate((first, second)) for note in summary.get("notes", [])]
+    return "\n".join(lines + ([""] + notes if notes else []))
+

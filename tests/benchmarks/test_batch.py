@@ -281,3 +281,18 @@ def test_slice_batches_resume_to_the_uninterrupted_rows(tmp_path):
     assert _metric_rows(out) == _metric_rows(tmp_path / "full")
     with pytest.raises(ValueError, match="slice_batch: expected a positive integer"):
         _run(data, tmp_path / "bad", settings, slice_batch=0)
+
+
+def test_two_runs_side_by_side(tmp_path):
+    from invdiff.batch.report import side_by_side
+
+    data = _ct_folder(tmp_path / "data", volumes=1, slices=2)
+    _run(data, tmp_path / "a", {"views8": CT_SETTINGS["views8"]}, seed=0)
+    _run(data, tmp_path / "b", {"views8": CT_SETTINGS["views8"]}, seed=1)
+    text = side_by_side(tmp_path / "a", tmp_path / "b", ("seed 0", "seed 1"))
+    lines = text.splitlines()
+    assert lines[0].startswith("| setting | method | NFE | PSNR seed 0 | PSNR seed 1 | difference |")
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in lines[2:]}
+    assert set(rows) == {"fbp", "dds"} and rows["dds"][2] == "2"
+    psnr_a, psnr_b, difference = (float(v) for v in rows["fbp"][3:6])
+    assert difference == pytest.approx(psnr_a - psnr_b, abs=0.011) and psnr_a != psnr_b  # other noise draws
