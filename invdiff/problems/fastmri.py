@@ -51,6 +51,7 @@ practice and are an upper bound: tables that use them say so.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,17 @@ from operators import (
 )
 from operators.mri import ifft2c, rss
 
+log = logging.getLogger(__name__)
+
 COIL_MAPS = ("acs", "oracle")
 SCALES = ("estimate", "oracle")
 NOISE_BAND = 0.125
 """The fraction of readout rows at each end of k-space the noise estimate reads."""
+
+FEW_ACS = 8
+"""Fewer calibration columns than this give unreliable coil maps (the problem's ``info`` and the
+log say so): on the generated 64 x 64 volumes, 5 columns (4x) cost CG-SENSE 3.6 dB against the
+oracle maps and 3 columns (8x) leave every SENSE reconstruction below zero filling."""
 
 
 @dataclass
@@ -377,6 +385,10 @@ def fastmri_problem(
         indices.append(int(k) % file.num_slices)
     mask = sampling_mask(file, acceleration, center_fraction, mask_kind)
     est = estimates or volume_estimates(file, mask, scale=scale, noise_std=noise_std)
+    acs_columns = calibration_width(est.acs, file.kspace_size[1])
+    if maps_options.method == "acs" and not file.single_coil and acs_columns < FEW_ACS:
+        log.warning("%s: coil maps from %d ACS columns are unreliable (fewer than %d); expect artefacts, or use "
+                    "a mask with a wider centre (center_fraction)", file.path.name, acs_columns, FEW_ACS)
     ys, all_maps, targets = [], [], []
     for index in indices:
         s = read_slice(file.path, index)
@@ -401,7 +413,8 @@ def fastmri_problem(
     info = {
         "file": str(file.path), "slices": indices, "prospective": file.prospective,
         "acceleration": None if file.prospective else acceleration,
-        "mask_columns": int((mask > 0).sum()), "coil_maps": maps_options.method, "maps_estimator": estimator,
+        "mask_columns": int((mask > 0).sum()), "acs_columns": acs_columns, "coil_maps": maps_options.method,
+        "maps_estimator": estimator,
         **est.as_dict(),
     }
     return Problem(
