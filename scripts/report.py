@@ -15,10 +15,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="the out_dir of a batch benchmark")
     parser.add_argument("--beside", type=Path, help="another run folder: print both runs' PSNR and SSIM side by side")
+    parser.add_argument("--labels", nargs=2, metavar=("RUN", "BESIDE"), help="the two runs' names in that table")
     args = parser.parse_args()
     print(write_report(args.run_dir))
     if args.beside is not None:
-        print("\n" + side_by_side(args.run_dir, args.beside))
+        print("\n" + side_by_side(args.run_dir, args.beside, tuple(args.labels) if args.labels else None))
 
 
 if __name__ == "__main__":
