@@ -9,6 +9,7 @@ is reused, not rebuilt.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable
@@ -213,20 +214,7 @@ FASTMRI_CENTER_FRACTIONS = {4: 0.08, 8: 0.04}
 """fastMRI's prospective accelerations and the fraction of fully sampled centre columns of each."""
 
 
-def mri_brain_fastmri_folder(
-    root: str | Path,
-    size: int = 64,
-    coils: int = 8,
-    *,
-    split: str = "test",
-    slab: int = 8,
-    oversample_readout: bool = True,
-    noise_std: float = 0.002,
-    seed: int = 0,
-    width: int | None = None,
-    acceleration: float | None = None,
-    single_coil: bool = False,
-) -> Path:
+def mri_brain_fastmri_folder(root: str | Path, *, split: str = "test", **variant) -> Path:
     """Where :func:`mri_brain_fastmri` writes a variant: ``root/<name>/<split>``.
 
     The name is ``mri_brain_fastmri_{size}`` for the default variant and gains a suffix for each
@@ -237,11 +225,22 @@ def mri_brain_fastmri_folder(
     ``mri_brain_fastmri_320_w372_c6_slab2`` or ``mri_brain_fastmri_16_sc_x4_test``.
 
     Args:
-        as :func:`mri_brain_fastmri`.
+        root, split: as :func:`mri_brain_fastmri`.
+        **variant: :func:`mri_brain_fastmri`'s other keyword arguments (``size``, ``coils``,
+            ``slab``, ...); those left out take its defaults.
 
     Returns:
         the folder of that split.
     """
+    defaults = {name: p.default for name, p in inspect.signature(mri_brain_fastmri).parameters.items()
+                if p.default is not inspect.Parameter.empty and name != "split"}
+    unknown = sorted(set(variant) - set(defaults))
+    if unknown:
+        raise ValueError(f"variant: unknown settings {unknown}; expected some of {sorted(defaults)}")
+    v = {**defaults, **variant}
+    size, coils, width, slab, seed = v["size"], v["coils"], v["width"], v["slab"], v["seed"]
+    noise_std, acceleration, single_coil = v["noise_std"], v["acceleration"], v["single_coil"]
+    oversample_readout = v["oversample_readout"]
     name = f"mri_brain_fastmri_{size}"
     if width is not None and width != size:
         name += f"_w{width}"
@@ -341,8 +340,8 @@ def mri_brain_fastmri(
             f"got {acceleration}"
         )
     folder = mri_brain_fastmri_folder(
-        root, size, coils, split=split, slab=slab, oversample_readout=oversample_readout, noise_std=noise_std,
-        seed=seed, width=width, acceleration=acceleration, single_coil=single_coil,
+        root, split=split, size=size, coils=coils, slab=slab, oversample_readout=oversample_readout,
+        noise_std=noise_std, seed=seed, width=width, acceleration=acceleration, single_coil=single_coil,
     )
     folder.mkdir(parents=True, exist_ok=True)
     maps_all = tissue_maps(split, size)

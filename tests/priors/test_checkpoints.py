@@ -4,7 +4,6 @@ guided-diffusion network); broken files give errors that say what is wrong."""
 
 import builtins
 import json
-import math
 import sys
 
 import pytest
@@ -22,6 +21,7 @@ from invdiff.priors.checkpoints import (
 )
 from invdiff.priors.unet import edm_unet, save_prior
 from invdiff.schedules import vp_alphas_cumprod, vp_sigmas
+from tests.priors import randomize
 
 ADM_TINY = {
     "image_size": 32,
@@ -60,17 +60,8 @@ EDM_TINY = {
 }
 
 
-def _randomize(module, generator):
-    """Random weights everywhere (these networks zero-initialise their last layers)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            scale = 1 / math.sqrt(p[0].numel()) if p.ndim > 1 else 0.1
-            p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return module
-
-
 def _adm_file(tmp_path, generator, config=ADM_TINY):
-    net = _randomize(ADMUNet(**config), generator).eval()
+    net = randomize(ADMUNet(**config), generator).eval()
     path = tmp_path / "adm.pt"
     torch.save(net.state_dict(), path)
     return net, path
@@ -107,7 +98,7 @@ def test_adm_ffhq_256_matches_deepinv_diffunet(generator):
     """Our ADM at the ``ffhq_256`` config loads DiffUNet's state dict and gives DiffUNet's output."""
     from deepinv.models import DiffUNet
 
-    ref = _randomize(
+    ref = randomize(
         DiffUNet(in_channels=3, out_channels=3, large_model=False, pretrained=None), generator
     ).eval()
     state = {
@@ -131,7 +122,7 @@ def test_edm_layout_reproduces_deepinv_network(arch, tmp_path, generator):
     from deepinv.models import NCSNpp
 
     config = EDM_TINY[arch]
-    net = _randomize({"adm": EDMADMUNet, "ncsnpp": NCSNpp}[arch](pretrained=None, **config), generator).eval()
+    net = randomize({"adm": EDMADMUNet, "ncsnpp": NCSNpp}[arch](pretrained=None, **config), generator).eval()
     net.pixel_std = 0.5
     path = tmp_path / "edm.pt"
     torch.save(net.state_dict(), path)
@@ -150,7 +141,7 @@ def test_edm_layout_reproduces_deepinv_network(arch, tmp_path, generator):
 
 
 def test_invdiff_layout_roundtrip_of_vp_adm(tmp_path, generator):
-    net = _randomize(ADMUNet(**ADM_TINY), generator).eval()
+    net = randomize(ADMUNet(**ADM_TINY), generator).eval()
     ac = vp_alphas_cumprod(200, 1e-4, 0.05)
     denoiser = VPDenoiser(net, ac, "v", data_scale=2.0, data_shift=-1.0, timesteps="nearest")
     save_prior(tmp_path / "vp.pt", denoiser)
@@ -174,7 +165,7 @@ def _diffusers_unet(generator):
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     )
-    return _randomize(unet, generator).eval()
+    return randomize(unet, generator).eval()
 
 
 @pytest.mark.parametrize("layout", ["model", "pipeline"])
@@ -298,7 +289,7 @@ def test_nested_and_dataparallel_state_dicts_load(tmp_path, generator):
 
 def test_safetensors_state_dict_loads(tmp_path, generator):
     safetensors_torch = pytest.importorskip("safetensors.torch")
-    net = _randomize(ADMUNet(**ADM_TINY), generator).eval()
+    net = randomize(ADMUNet(**ADM_TINY), generator).eval()
     safetensors_torch.save_file(net.state_dict(), tmp_path / "adm.safetensors")
     denoiser = load_adm(tmp_path / "adm.safetensors", config=ADM_TINY)
     x = torch.randn(1, 3, 32, 32, generator=generator)

@@ -12,21 +12,15 @@ from invdiff.priors import precision as precision_module
 from invdiff.priors.packaged import load_packaged
 from invdiff.priors.precision import PRECISIONS, AutocastDenoiser, with_precision
 from invdiff.priors.unet import edm_unet
+from tests.priors import TINY_UNET
 
-TINY = {
-    "channels": 32,
-    "channel_mult": (1, 2),
-    "num_blocks": 1,
-    "attn_resolutions": (8,),
-    "img_resolution": 16,
-}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Relative error bounds, a few units of each format's rounding (2**-8 and 2**-11).
 TOLERANCE = {"bf16": 3e-2, "fp16": 4e-3}
 
 
 def _tiny(generator, device):
-    denoiser = edm_unet(in_channels=2, **TINY)
+    denoiser = edm_unet(in_channels=2, **TINY_UNET)
     with torch.no_grad():
         for p in denoiser.parameters():
             scale = 1 / math.sqrt(p[0].numel()) if p.ndim > 1 else 0.1

@@ -9,7 +9,6 @@ count of halvings and not only what an explicit size check says.
 """
 
 import json
-import math
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ from invdiff.priors.gmm import GaussianMixture
 from invdiff.priors.packaged import available, load_packaged
 from invdiff.priors.phantom import phantom_gaussian
 from invdiff.priors.unet import edm_unet, load_prior, save_prior
+from tests.priors import randomize
 
 # Three levels each: two halvings, size_multiple 4.
 UNET_TINY = {
@@ -57,25 +57,16 @@ EDM_TINY = {
 }
 
 
-def _randomize(module, generator):
-    """Random weights everywhere (these networks zero-initialise their last layers)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            scale = 1 / math.sqrt(p[0].numel()) if p.ndim > 1 else 0.1
-            p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return module
-
-
 def _project_unet(tmp_path, generator):
     denoiser = edm_unet(in_channels=2, **UNET_TINY)
-    _randomize(denoiser.model, generator)
+    randomize(denoiser.model, generator)
     save_prior(tmp_path / "unet.pt", denoiser)
     return load_prior(tmp_path / "unet.pt"), str(tmp_path / "unet.pt")
 
 
 def _adm(tmp_path, generator):
     path = tmp_path / "adm.pt"
-    torch.save(_randomize(ADMUNet(**ADM_TINY), generator).state_dict(), path)
+    torch.save(randomize(ADMUNet(**ADM_TINY), generator).state_dict(), path)
     return load_adm(path, config=ADM_TINY), str(path)
 
 
@@ -86,7 +77,7 @@ def _edm(arch):
 
         net = {"adm": EDMADMUNet, "ncsnpp": NCSNpp}[arch](pretrained=None, **EDM_TINY)
         path = tmp_path / "edm.pt"
-        torch.save(_randomize(net, generator).state_dict(), path)
+        torch.save(randomize(net, generator).state_dict(), path)
         return load_edm(path, arch, **EDM_TINY), str(path)
 
     return build
@@ -106,7 +97,7 @@ def _diffusers(tmp_path, generator):
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     )
-    _randomize(unet, generator).save_pretrained(tmp_path / "diffusers")
+    randomize(unet, generator).save_pretrained(tmp_path / "diffusers")
     return load_diffusers(tmp_path / "diffusers"), str(tmp_path / "diffusers")
 
 

@@ -1,5 +1,4 @@
 import json
-import math
 
 import pytest
 import torch
@@ -7,28 +6,13 @@ import torch
 from invdiff.priors.adapters import EDMDenoiser
 from invdiff.priors.gmm import GaussianMixture
 from invdiff.priors.unet import UNet, edm_unet, load_prior, save_prior
+from tests.priors import TINY_UNET, randomize
 
-TINY = {
-    "channels": 32,
-    "channel_mult": (1, 2),
-    "num_blocks": 1,
-    "attn_resolutions": (8,),
-    "img_resolution": 16,
-}
-
-
-def _randomize(module, generator):
-    """Random weights everywhere (the fresh network zero-initialises its last layers)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            scale = 1 / math.sqrt(p[0].numel()) if p.ndim > 1 else 0.1
-            p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return module
 
 
 @pytest.mark.parametrize("in_channels, batch", [(1, 1), (3, 3), (2, 5)])
 def test_unet_shapes(in_channels, batch, generator):
-    net = _randomize(UNet(in_channels, **TINY), generator)
+    net = randomize(UNet(in_channels, **TINY_UNET), generator)
     x = torch.randn(batch, in_channels, 16, 16, generator=generator)
     out = net(x, torch.linspace(-1, 1, batch))
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -51,7 +35,7 @@ def test_default_unet_size_and_shape(generator):
 
 
 def test_fresh_network_is_zero_and_denoiser_is_c_skip_x(generator):
-    d = edm_unet(in_channels=2, **TINY)
+    d = edm_unet(in_channels=2, **TINY_UNET)
     x = torch.randn(3, 2, 16, 16, generator=generator)
     sigma = torch.tensor([0.1, 1.0, 10.0])
     c_skip = (0.25 / (sigma.square() + 0.25)).view(-1, 1, 1, 1)
@@ -85,8 +69,8 @@ def test_edm_preconditioning_formula(generator):
 def test_save_load_roundtrip_is_exact(suffix, tmp_path, generator):
     if suffix == ".safetensors":
         pytest.importorskip("safetensors")
-    d = edm_unet(0.6, data_scale=2.0, data_shift=-1.0, in_channels=2, dropout=0.1, **TINY)
-    _randomize(d, generator)
+    d = edm_unet(0.6, data_scale=2.0, data_shift=-1.0, in_channels=2, dropout=0.1, **TINY_UNET)
+    randomize(d, generator)
     path = tmp_path / "sub" / f"prior{suffix}"
     save_prior(path, d)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left behind
@@ -101,7 +85,7 @@ def test_save_load_roundtrip_is_exact(suffix, tmp_path, generator):
 
 def test_torch_file_holds_only_strings_and_tensors(tmp_path):
     path = tmp_path / "prior.pt"
-    save_prior(path, edm_unet(in_channels=1, **TINY))
+    save_prior(path, edm_unet(in_channels=1, **TINY_UNET))
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == "invdiff-prior" and set(raw) == {"format", "version", "config", "state_dict"}
     config = json.loads(raw["config"])
@@ -116,7 +100,7 @@ def test_save_prior_rejects_other_denoisers(tmp_path):
 
 
 def test_float64(generator):
-    d = _randomize(edm_unet(in_channels=1, **TINY), generator)
+    d = randomize(edm_unet(in_channels=1, **TINY_UNET), generator)
     x = torch.randn(2, 1, 16, 16, generator=generator)
     out32 = d(x, 0.4)
     out64 = d.double()(x.double(), 0.4)
@@ -125,7 +109,7 @@ def test_float64(generator):
 
 
 def test_gradient_flows_to_input(generator):
-    d = _randomize(edm_unet(in_channels=2, **TINY), generator).requires_grad_(False)
+    d = randomize(edm_unet(in_channels=2, **TINY_UNET), generator).requires_grad_(False)
     x = torch.randn(2, 2, 16, 16, generator=generator, requires_grad=True)
     (grad,) = torch.autograd.grad(d(x, 0.8).square().sum(), x)
     assert torch.isfinite(grad).all()
