@@ -2,8 +2,8 @@
 and strict JSON.
 
 Every writer in the project goes through :func:`atomic_path` (directly for writers that need a
-path to open, such as ``h5py.File``, or through :func:`atomic_write` and
-:func:`atomic_write_text`): the data go to a temporary sibling ``.<name>.tmp<pid>`` of the
+path to open, such as ``h5py.File``, or through :func:`atomic_write`, :func:`atomic_write_text`
+and :func:`atomic_save_npy`): the data go to a temporary sibling ``.<name>.tmp<pid>`` of the
 destination, which is renamed over the destination with ``os.replace`` once the write has
 finished and removed if it fails.
 """
@@ -68,6 +68,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, mkdi
 def atomic_write_text(path: str | os.PathLike, text: str, *, mkdir: bool = False) -> None:
     """``path.write_text(text)``, atomically (:func:`atomic_path`)."""
     atomic_write(path, lambda tmp: tmp.write_text(text), mkdir=mkdir)
+
+
+def atomic_save_npy(path: str | os.PathLike, array, *, mkdir: bool = False) -> None:
+    """``np.save(path, array)``, atomically (:func:`atomic_path`); through a file object, as
+    ``np.save`` would append ``.npy`` to the temporary name."""
+    import numpy as np
+
+    with atomic_path(path, mkdir=mkdir) as tmp, tmp.open("wb") as f:
+        np.save(f, array)
 
 
 def json_safe(value):

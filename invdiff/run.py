@@ -28,11 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from invdiff.fileio import atomic_write, json_safe
+from invdiff.fileio import atomic_save_npy, atomic_write, atomic_write_text, json_safe
 from invdiff.priors.base import Denoiser
 from invdiff.priors.precision import PRECISIONS, with_precision
 from invdiff.problems.base import Problem
@@ -277,14 +276,6 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.save(f, array)
-
-    atomic_write(path, write)
-
-
 def save_result(result: Result, problem: Problem, run_dir: Path, config_yaml: str) -> None:
     """Write ``reconstruction.npy`` and ``baseline.npy`` (:meth:`Problem.output`, data units),
     ``metrics.json``, ``figure.png`` (reference, when there is one, | baseline | reconstruction
@@ -293,11 +284,11 @@ def save_result(result: Result, problem: Problem, run_dir: Path, config_yaml: st
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _save_npy(run_dir / "reconstruction.npy", problem.output(result.x_hat))
-    _save_npy(run_dir / "baseline.npy", problem.output(result.x_baseline))
+    atomic_save_npy(run_dir / "reconstruction.npy", problem.output(result.x_hat))
+    atomic_save_npy(run_dir / "baseline.npy", problem.output(result.x_baseline))
     text = json.dumps(json_safe(result.metrics), indent=2) + "\n"
-    atomic_write(run_dir / "metrics.json", lambda p: p.write_text(text))
-    atomic_write(run_dir / "config.yaml", lambda p: p.write_text(config_yaml))
+    atomic_write_text(run_dir / "metrics.json", text)
+    atomic_write_text(run_dir / "config.yaml", config_yaml)
     middle = problem.batch // 2  # the middle slice of a volume, the image of a 2D problem
     truth = problem.target[middle] if problem.target is not None else None
     images = [problem.image(x)[middle] for x in (result.x_baseline, result.x_hat)]

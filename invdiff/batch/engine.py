@@ -67,9 +67,8 @@ from typing import Protocol
 import h5py
 import numpy as np
 import torch
-from torch import Tensor
 
-from invdiff.fileio import atomic_write, atomic_write_text, json_safe
+from invdiff.fileio import atomic_save_npy, atomic_write, atomic_write_text, json_safe
 from invdiff.metrics import ssim
 from invdiff.priors.base import Denoiser
 from invdiff.problems.base import Problem
@@ -333,13 +332,7 @@ def target_path(out_dir: Path, volume: str, index: int) -> Path:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.save(f, np.asarray(array, dtype=np.float32))
-
-    atomic_write(path, write)
+    atomic_save_npy(path, np.asarray(array, dtype=np.float32), mkdir=True)
 
 
 def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: dict[str, list[int]]) -> list[Path]:

@@ -33,7 +33,6 @@ import io
 import itertools
 import json
 import logging
-import math
 import statistics
 import time
 from collections.abc import Sequence

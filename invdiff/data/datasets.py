@@ -18,17 +18,10 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from invdiff.fileio import atomic_path, atomic_write_text
+from invdiff.fileio import atomic_save_npy, atomic_write_text
 from operators.base import RealToComplex
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to ``path``, atomically; through a file object, as ``np.save`` would append
-    ``.npy`` to the temporary name."""
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.save(f, array)
 
 
 def build_dataset(
@@ -45,7 +38,7 @@ def build_dataset(
         images = make(split)
         if images.is_complex():
             images = RealToComplex().AT(images)
-        _write_npy(folder / f"{split}.npy", images.numpy().astype(dtype))
+        atomic_save_npy(folder / f"{split}.npy", images.numpy().astype(dtype))
     info_path = folder / "info.json"
     if not info_path.is_file():
         atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")

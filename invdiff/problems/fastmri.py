@@ -71,7 +71,7 @@ from invdiff.data.fastmri import (
     recon_shape,
     remove_readout_oversampling,
 )
-from invdiff.fileio import atomic_write
+from invdiff.fileio import atomic_save_npy
 from invdiff.problems.base import Problem
 from operators import (
     MultiCoilMRI,
@@ -314,13 +314,7 @@ def _cached(path: Path | None, make) -> Tensor:
         return torch.from_numpy(np.load(path))
     maps = make()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(tmp: Path) -> None:
-            with tmp.open("wb") as f:
-                np.save(f, maps.numpy())
-
-        atomic_write(path, write)
+        atomic_save_npy(path, maps.numpy(), mkdir=True)
     return maps
 
 

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from invdiff.data.fastmri.header import _header_xml, parse_ismrmrd_header, recon_shape
 from invdiff.data.fastmri.transforms import reconstruct_rss
-from invdiff.fileio import atomic_path
+from invdiff.fileio import atomic_path, atomic_save_npy
 from operators.mri import espirit_maps
 
 logger = logging.getLogger(__name__)
@@ -744,14 +744,12 @@ def coil_maps(kspace: Tensor, cache_path: PathLike | None = None, **espirit: Any
         return torch.from_numpy(maps).to(device=kspace.device, dtype=kspace.dtype)
     maps = espirit_maps(kspace, **espirit)
     array = maps.detach().cpu().numpy()
-    with atomic_path(cache, mkdir=True) as tmp:
-        if cache.suffix == ".npy":
-            with tmp.open("wb") as fh:
-                np.save(fh, array)
-        else:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("coil_maps", data=array)
-                f.attrs["espirit"] = settings
+    if cache.suffix == ".npy":
+        atomic_save_npy(cache, array, mkdir=True)
+        return maps
+    with atomic_path(cache, mkdir=True) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coil_maps", data=array)
+        f.attrs["espirit"] = settings
     return maps
 
 
