@@ -19,7 +19,6 @@ is reconstructed and written like any other, and not scored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,19 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invdiff.data.fastmri import center_crop
 from invdiff.metrics import nmse, psnr, ssim
 from operators import GaussianNoise, Operator, RealToComplex
-
-
-def _center_crop(x: Tensor, size: Sequence[int]) -> Tensor:
-    """The centre ``size`` of the last two dimensions (fastMRI's convention: the crop starts at
-    ``((H - h) // 2, (W - w) // 2)``)."""
-    H, W = x.shape[-2:]
-    h, w = int(size[0]), int(size[1])
-    if not (0 < h <= H and 0 < w <= W):
-        raise ValueError(f"crop: expected a size within {(H, W)}, got {(h, w)}")
-    top, left = (H - h) // 2, (W - w) // 2
-    return x[..., top : top + h, left : left + w]
 
 
 @dataclass
@@ -105,7 +94,7 @@ class Problem:
         if self.support is not None:
             image = image * self.support.to(torch.bool)[:, None]
         if self.crop is not None:
-            image = _center_crop(image, self.crop)
+            image = center_crop(image, self.crop)
         return image / self.scale
 
     def image(self, x: Tensor) -> Tensor:

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from invdiff.data.fastmri import (
+    center_crop,
     ifft1c,
     open_h5,
     read_header,
@@ -212,10 +213,7 @@ def acs_scale(file: FastMRIFile, mask: Tensor) -> tuple[float, tuple[int, int]]:
         block = _readout_ready(block, file)
         full = torch.zeros((*block.shape[:-1], W), dtype=block.dtype)
         full[..., start:stop] = block
-        image = rss(ifft2c(full), dim=0)
-        top, left = (image.shape[-2] - file.recon_size[0]) // 2, (W - file.recon_size[1]) // 2
-        image = image[top : top + file.recon_size[0], left : left + file.recon_size[1]]
-        peak = max(peak, float(image.max()))
+        peak = max(peak, float(center_crop(rss(ifft2c(full), dim=0), file.recon_size).max()))
     if not peak > 0:
         raise ValueError(f"{file.path}: the ACS lines (columns {start}-{stop - 1}) hold no signal; cannot set the scale")
     return 1.0 / peak, (start, stop)
