@@ -63,11 +63,13 @@ from torch import Tensor
 
 from invdiff.data.fastmri import (
     center_crop,
+    check_kspace,
     ifft1c,
     open_h5,
     read_header,
     read_kspace_columns,
     read_kspace_rows,
+    read_mask,
     read_slice,
     recon_shape,
     remove_readout_oversampling,
@@ -140,21 +142,11 @@ def open_fastmri(path: str | Path) -> FastMRIFile:
     """Read a fastMRI file's header; errors name the file and the key that is missing or wrong."""
     path = Path(path)
     with open_h5(path) as f:
-        if "kspace" not in f:
-            raise ValueError(f"{path}: no 'kspace' dataset (found {sorted(f.keys())}); not a fastMRI file")
-        kspace = f["kspace"]
-        if kspace.ndim not in (3, 4) or kspace.dtype.kind != "c":
-            raise ValueError(f"{path}: 'kspace' is {kspace.dtype} {kspace.shape}; expected complex "
-                             f"(slices, coils, H, W) or (slices, H, W)")
+        kspace = check_kspace(f, path)
         single = kspace.ndim == 3
         H, W = kspace.shape[-2:]
         recon = recon_shape(read_header(f, path, True), path)
-        mask = None
-        if "mask" in f:
-            mask = torch.from_numpy(np.asarray(f["mask"][()], dtype=np.float32))
-            if mask.ndim != 1 or mask.shape[0] != W:
-                raise ValueError(f"{path}: 'mask' has shape {tuple(mask.shape)}; expected ({W},), one value per "
-                                 f"'kspace' column")
+        mask = read_mask(f, path, W)
         target_key = next((k for k in (("reconstruction_esc", "reconstruction_rss") if single else
                                        ("reconstruction_rss",)) if k in f), None)
         data_max = None

@@ -155,7 +155,7 @@ def test_bad_files_name_the_file_and_key(folders, tmp_path):
     with h5py.File(wrong_mask, "a") as f:
         del f["mask"]
         f.create_dataset("mask", data=np.ones(38, bool))
-    with pytest.raises(ValueError, match=r"wrong_mask\.h5: 'mask' has shape \(38,\); expected \(40,\)"):
+    with pytest.raises(ValueError, match=r"wrong_mask\.h5: 'mask' has 38 columns, 'kspace' has 40"):
         open_fastmri(wrong_mask)
     with pytest.raises(IndexError, match=r"brain_test_000\.h5: slice 8 is out of range for a volume of 8 slices"):
         fastmri_problem(_file(folders, "full"), [8])

@@ -57,6 +57,7 @@ from torch import Tensor
 from invdiff.data.fastmri.header import _header_xml, parse_ismrmrd_header, recon_shape
 from invdiff.data.fastmri.transforms import reconstruct_rss
 from invdiff.fileio import atomic_path, atomic_save_npy
+from operators.masks import acs_lines
 from operators.mri import espirit_maps
 
 logger = logging.getLogger(__name__)
@@ -186,17 +187,11 @@ def _check_mask_shape(shape: tuple[int, ...], width: int, path: Path) -> None:
 
 
 def _center_band(lines: np.ndarray) -> int:
-    """The length of the run of sampled columns around the centre column ``W // 2``."""
-    centre = len(lines) // 2
-    if not lines[centre]:
+    """The length of the run of sampled columns through the centre column ``W // 2`` (0 if it is not sampled)."""
+    if not lines[len(lines) // 2]:
         return 0
-    left = centre
-    while left > 0 and lines[left - 1]:
-        left -= 1
-    right = centre
-    while right + 1 < len(lines) and lines[right + 1]:
-        right += 1
-    return right - left + 1
+    start, stop = acs_lines(lines)
+    return stop - start
 
 
 def _target(value, name: str, slices: int) -> np.ndarray:
@@ -404,7 +399,9 @@ def open_h5(path: PathLike) -> Iterator[h5py.File]:
         f.close()
 
 
-def _check_kspace(f: h5py.File, path: Path) -> h5py.Dataset:
+def check_kspace(f: h5py.File, path: Path) -> h5py.Dataset:
+    """The ``kspace`` dataset of an open fastMRI file, after checking it is complex
+    ``(slices, coils, H, W)`` or ``(slices, H, W)``; errors name the file."""
     if "kspace" not in f:
         raise ValueError(f"{path}: no 'kspace' dataset (found {sorted(f.keys())})")
     ds = f["kspace"]
@@ -455,7 +452,9 @@ def _read_target(f: h5py.File, key: str, path: Path, num_slices: int, index=slic
     return torch.from_numpy(np.asarray(ds[index], dtype=np.float32))
 
 
-def _read_mask(f: h5py.File, path: Path, width: int) -> Tensor | None:
+def read_mask(f: h5py.File, path: Path, width: int) -> Tensor | None:
+    """The ``(W,)`` float32 ``mask`` of an open file (test and challenge files), ``None`` without one;
+    a mask that is not one value per k-space column raises, naming the file."""
     if "mask" not in f:
         return None
     _check_mask_shape(f["mask"].shape, width, path)
@@ -482,9 +481,9 @@ def read_volume(path: PathLike, *, require_header: bool = True) -> FastMRIVolume
     """
     path = Path(path)
     with open_h5(path) as f:
-        ds = _check_kspace(f, path)
+        ds = check_kspace(f, path)
         header = read_header(f, path, require_header)
-        mask = _read_mask(f, path, ds.shape[-1])
+        mask = read_mask(f, path, ds.shape[-1])
         kspace = torch.from_numpy(np.asarray(ds[()], dtype=np.complex64))
         single = kspace.ndim == 3
         n = kspace.shape[0]
@@ -517,9 +516,9 @@ def read_slice(path: PathLike, index: int, *, require_header: bool = True) -> Fa
     """
     path = Path(path)
     with open_h5(path) as f:
-        ds = _check_kspace(f, path)
+        ds = check_kspace(f, path)
         header = read_header(f, path, require_header)
-        mask = _read_mask(f, path, ds.shape[-1])
+        mask = read_mask(f, path, ds.shape[-1])
         n = ds.shape[0]
         if not -n <= index < n:
             raise IndexError(f"{path}: slice {index} is out of range for a volume of {n} slices")
@@ -591,7 +590,7 @@ def read_kspace_columns(path: PathLike, columns: Sequence[int] | np.ndarray | Te
     """
     path = Path(path)
     with open_h5(path) as f:
-        ds = _check_kspace(f, path)
+        ds = check_kspace(f, path)
         cols = _check_indices(columns, ds.shape[-1], "columns", path, "columns")
         return _with_coil_axis(ds[(slice(None),) * (ds.ndim - 1) + (cols,)])
 
@@ -623,7 +622,7 @@ def read_kspace_rows(
     """
     path = Path(path)
     with open_h5(path) as f:
-        ds = _check_kspace(f, path)
+        ds = check_kspace(f, path)
         H, W = ds.shape[-2:]
         wanted = _check_indices(rows, H, "rows", path, "readout rows")
         cols = slice(None) if columns is None else _check_indices(columns, W, "columns", path, "columns")
