@@ -195,10 +195,15 @@ def _readout_ready(kspace: Tensor, file: FastMRIFile) -> Tensor:
     return remove_readout_oversampling(kspace) if file.oversampled else kspace
 
 
-def acs_scale(file: FastMRIFile, mask: Tensor) -> tuple[float, tuple[int, int]]:
-    """``1 / m``, ``m`` the volume maximum of the RSS image of the ACS lines (module docstring), and the ACS range."""
-    start, stop = acs_lines(mask)
-    columns = read_kspace_columns(file.path, list(range(start, stop)))  # (S, C, H, acs)
+def acs_scale(file: FastMRIFile, acs: tuple[int, int], columns: Tensor) -> float:
+    """``1 / m``, ``m`` the volume maximum of the RSS image of the ACS lines (module docstring).
+
+    Args:
+        file: the fastMRI file.
+        acs: ``(start, stop)``, the ACS columns.
+        columns: those columns of every slice as stored, ``(S, C, H, stop - start)``.
+    """
+    start, stop = acs
     W = file.kspace_size[1]
     peak = 0.0
     for block in columns:  # one slice at a time: (C, H, acs)
@@ -208,16 +213,24 @@ def acs_scale(file: FastMRIFile, mask: Tensor) -> tuple[float, tuple[int, int]]:
         peak = max(peak, float(center_crop(rss(ifft2c(full), dim=0), file.recon_size).max()))
     if not peak > 0:
         raise ValueError(f"{file.path}: the ACS lines (columns {start}-{stop - 1}) hold no signal; cannot set the scale")
-    return 1.0 / peak, (start, stop)
+    return 1.0 / peak
 
 
-def kspace_noise(file: FastMRIFile, mask: Tensor) -> tuple[float, str]:
-    """The k-space noise std of every slice's sampled columns and the rule used (module docstring)."""
+def kspace_noise(file: FastMRIFile, mask: Tensor, sampled: Tensor | None = None) -> tuple[float, str]:
+    """The k-space noise std of every slice's sampled columns and the rule used (module docstring).
+
+    Args:
+        file: the fastMRI file.
+        mask: the ``(W,)`` sampled columns.
+        sampled: those columns of every slice as stored, ``(S, C, H, columns)``, when already read
+            (the readout-background rule needs them whole); read here otherwise.
+    """
     H = file.kspace_size[0]
     band = max(1, int(round(NOISE_BAND * H)))
     columns = torch.nonzero(mask > 0).flatten().tolist()
     if file.oversampled:
-        hybrid = ifft1c(read_kspace_columns(file.path, columns), -2)  # (S, C, H, columns), image along the readout
+        sampled = read_kspace_columns(file.path, columns) if sampled is None else sampled
+        hybrid = ifft1c(sampled, -2)  # (S, C, H, columns), image along the readout
         background = torch.cat([hybrid[..., :band, :], hybrid[..., H - band :, :]], dim=-2)
         return float(estimate_kspace_noise_std(background, band=0.5)), "readout_background"
     rows = list(range(band)) + list(range(H - band, H))
@@ -228,6 +241,9 @@ def kspace_noise(file: FastMRIFile, mask: Tensor) -> tuple[float, str]:
 def volume_estimates(file: FastMRIFile, mask: Tensor, *, scale: str = "estimate", noise_std: float | None = None) -> Estimates:
     """The volume's scale and noise std by the rules of the module docstring.
 
+    The columns both estimates read (the ACS block lies inside the sampled columns) are read from
+    the file once.
+
     Args:
         file: the fastMRI file.
         mask: the ``(W,)`` sampled columns.
@@ -236,17 +252,27 @@ def volume_estimates(file: FastMRIFile, mask: Tensor, *, scale: str = "estimate"
     """
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
-    s, acs = acs_scale(file, mask)
-    scale_rule = "acs_max"
+    if noise_std is not None and not noise_std > 0:
+        raise ValueError(f"noise_std: expected the k-space noise std (> 0) or null to estimate it, got {noise_std}")
+    acs = acs_lines(mask)
+    sampled_columns = torch.nonzero(mask > 0).flatten().tolist()
+    sampled = None
+    if noise_std is None and file.oversampled:
+        sampled = read_kspace_columns(file.path, sampled_columns)
     if scale == "oracle":
         if file.data_max is None:
             raise ValueError(f"{file.path}: scale=oracle needs a reference volume; the file has none (use scale=estimate)")
         s, scale_rule = 1.0 / file.data_max, "reference_max (oracle)"
-    if noise_std is None:
-        noise, noise_rule = kspace_noise(file, mask)
     else:
-        if not noise_std > 0:
-            raise ValueError(f"noise_std: expected the k-space noise std (> 0) or null to estimate it, got {noise_std}")
+        if sampled is not None:
+            at = sampled_columns.index(acs[0])
+            columns = sampled[..., at : at + acs[1] - acs[0]]
+        else:
+            columns = read_kspace_columns(file.path, list(range(*acs)))
+        s, scale_rule = acs_scale(file, acs, columns), "acs_max"
+    if noise_std is None:
+        noise, noise_rule = kspace_noise(file, mask, sampled)
+    else:
         noise, noise_rule = float(noise_std), "given"
     return Estimates(s, noise, scale_rule, noise_rule, acs)
 
@@ -263,16 +289,34 @@ def acs_kernel_width(width: int, kernel_width: int = 6) -> int:
     return min(kernel_width, max(2, math.ceil(width / 2)))
 
 
-def acs_maps(kspace: Tensor, acs: tuple[int, int], *, calib_rows: int = 24, kernel_width: int = 6,
-             espirit: dict | None = None) -> tuple[Tensor, str]:
-    """Coil maps of ``(C, H, W)`` k-space from its ACS columns ``acs`` and the estimator used (module docstring)."""
-    width = calibration_width(acs, kspace.shape[-1])
+def acs_calibration(acs: tuple[int, int], kspace_size: tuple[int, int], *, calib_rows: int = 24,
+                    kernel_width: int = 6) -> tuple[int, int, int] | None:
+    """``(rows, columns, kernel width)`` of ESPIRiT on the ACS block ``acs`` of k-space of
+    ``kspace_size`` (module docstring), or ``None`` when the block is too narrow and the maps are
+    the low-resolution estimate."""
+    H, W = kspace_size
+    width = calibration_width(acs, W)
     if width < 2:
-        return lowres_coil_maps(kspace, acs), "lowres"
-    rows = min(calib_rows, kspace.shape[-2])
-    kernel = acs_kernel_width(width, kernel_width)
-    maps = espirit_maps(kspace, calib_shape=(rows, width), kernel_width=kernel, **(espirit or {}))
-    return maps, f"espirit {rows}x{width}, kernel {min(kernel, rows)}x{kernel}"
+        return None
+    return min(calib_rows, H), width, acs_kernel_width(width, kernel_width)
+
+
+def describe_calibration(calibration: tuple[int, int, int] | None) -> str:
+    """How :func:`acs_maps` estimates the maps for an :func:`acs_calibration` result, for a run's ``info``."""
+    if calibration is None:
+        return "lowres"
+    rows, width, kernel = calibration
+    return f"espirit {rows}x{width}, kernel {min(kernel, rows)}x{kernel}"
+
+
+def acs_maps(kspace: Tensor, acs: tuple[int, int], *, calib_rows: int = 24, kernel_width: int = 6,
+             espirit: dict | None = None) -> Tensor:
+    """Coil maps of ``(C, H, W)`` k-space from its ACS columns ``acs`` (module docstring)."""
+    calibration = acs_calibration(acs, tuple(kspace.shape[-2:]), calib_rows=calib_rows, kernel_width=kernel_width)
+    if calibration is None:
+        return lowres_coil_maps(kspace, acs)
+    rows, width, kernel = calibration
+    return espirit_maps(kspace, calib_shape=(rows, width), kernel_width=kernel, **(espirit or {}))
 
 
 def _align_phase(maps: Tensor, y: Tensor) -> Tensor:
@@ -319,13 +363,12 @@ def _slice_maps(file: FastMRIFile, index: int, kspace: Tensor, y: Tensor, acs: t
                              f"(use coil_maps=acs)")
         path = None if cache is None else cache / f"{file.path.stem}-{index:04d}-oracle.npy"
         return _cached(path, lambda: espirit_maps(kspace, **options.espirit)), "espirit of the fully sampled slice"
-    width = calibration_width(acs, kspace.shape[-1])
-    estimator = "lowres" if width < 2 else \
-        f"espirit {min(options.calib_rows, kspace.shape[-2])}x{width}, kernel {acs_kernel_width(width, options.kernel_width)}"
+    calibration = acs_calibration(acs, tuple(kspace.shape[-2:]), calib_rows=options.calib_rows,
+                                  kernel_width=options.kernel_width)
     path = None if cache is None else cache / f"{file.path.stem}-{index:04d}-acs{acs[0]}-{acs[1]}.npy"
     maps = _cached(path, lambda: acs_maps(y, acs, calib_rows=options.calib_rows, kernel_width=options.kernel_width,
-                                          espirit=options.espirit)[0])
-    return maps, estimator
+                                          espirit=options.espirit))
+    return maps, describe_calibration(calibration)
 
 
 def fastmri_problem(
@@ -430,6 +473,6 @@ def fastmri(
                            mask_kind=mask_kind, maps=maps, scale=scale, noise_std=noise_std)
 
 
-__all__ = ["COIL_MAPS", "Estimates", "FastMRIFile", "MapsOptions", "SCALES", "acs_kernel_width", "acs_maps", "acs_scale",
-           "calibration_width", "fastmri",
+__all__ = ["COIL_MAPS", "Estimates", "FastMRIFile", "MapsOptions", "SCALES", "acs_calibration", "acs_kernel_width",
+           "acs_maps", "acs_scale", "calibration_width", "describe_calibration", "fastmri",
            "fastmri_problem", "kspace_noise", "open_fastmri", "sampling_mask", "volume_estimates"]
