@@ -41,16 +41,13 @@ COLUMNS = [
 def random_adm(config: str = "dds_fastmri_320", seed: int = 0) -> Denoiser:
     """An ADM network of ``config``'s architecture with random weights (seeded), as a VP ε-denoiser
     the way :func:`invdiff.priors.checkpoints.load_adm` wraps a checkpoint."""
-    from invdiff.priors.adapters import VPDenoiser
     from invdiff.priors.adm import ADM_CONFIGS, ADMUNet
-    from invdiff.schedules import vp_alphas_cumprod
+    from invdiff.priors.checkpoints import adm_denoiser
 
-    cfg = ADM_CONFIGS[config]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # only the random weights; nothing downstream draws from it
-        net = ADMUNet(**cfg).eval().requires_grad_(False)
-    denoiser = VPDenoiser(net, vp_alphas_cumprod(), "eps",
-                          shape=(cfg["in_channels"], cfg["image_size"], cfg["image_size"]))
+        net = ADMUNet(**ADM_CONFIGS[config])
+    denoiser = adm_denoiser(net)
     denoiser.source = f"random weights, ADM {config}"
     return denoiser
 

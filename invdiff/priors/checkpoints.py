@@ -168,13 +168,27 @@ def load_adm(
     path = require_file(path, "adm")
     net = ADMUNet(**config)
     load_state_dict_strict(net, read_state_dict(path), path)
+    denoiser = adm_denoiser(net, data_range=data_range, alphas_cumprod=alphas_cumprod, timesteps=timesteps)
+    denoiser.source = str(path)
+    return denoiser
+
+
+def adm_denoiser(
+    net: ADMUNet,
+    *,
+    data_range: tuple[float, float] | str | None = None,
+    alphas_cumprod: Tensor | None = None,
+    timesteps: str = "continuous",
+) -> VPDenoiser:
+    """An ADM network as the VP ε-denoiser :func:`load_adm` makes of a checkpoint (arguments as
+    there), put in eval mode with ``requires_grad`` off."""
     net.eval().requires_grad_(False)
     cfg = net.config
     if isinstance(data_range, str):
         if data_range != "auto":
             raise ValueError(f"data_range: expected (low, high), None or 'auto', got {data_range!r}")
         data_range = None if cfg["in_channels"] == 2 else (0.0, 1.0)
-    denoiser = VPDenoiser(
+    return VPDenoiser(
         net,
         vp_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod,
         "eps",
@@ -182,8 +196,6 @@ def load_adm(
         shape=(cfg["in_channels"], cfg["image_size"], cfg["image_size"]),
         **_affine(data_range, (-1.0, 1.0)),
     )
-    denoiser.source = str(path)
-    return denoiser
 
 
 def _edm_archs() -> dict[str, type[nn.Module]]:
