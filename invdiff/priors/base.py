@@ -48,6 +48,9 @@ class Denoiser(nn.Module):
             (exact priors of a fixed dimension).
         source: where the prior came from (a checkpoint path, ``"packaged:<name>"``), for error
             messages; ``None`` when unknown.
+        data_scale: the network's noise level per unit of the caller's,
+            :math:`\sigma_{net} = k \sigma` (adapters that map the caller's data range onto the
+            network's set it; 1 otherwise). Discrete schedules of the network are divided by it.
     """
 
     shape: tuple[int, int, int] | None = None
@@ -55,6 +58,7 @@ class Denoiser(nn.Module):
     sigma_max: float = 80.0
     size_multiple: int | None = 1
     source: str | None = None
+    data_scale: float = 1.0
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         raise NotImplementedError

@@ -187,6 +187,27 @@ def emit(callback: Callback | None, **state) -> None:
         callback(state)
 
 
+def likelihood_weight(y: Tensor, noise_std: float) -> float:
+    r"""The weight :math:`w` of :math:`-\log p(y \mid x) = w \|y - \mathcal A(x)\|^2 + c` for
+    Gaussian noise of std :math:`s` (``noise_std``, as :class:`operators.noise.GaussianNoise` adds it).
+
+    Real ``y``: :math:`w = 1/(2 s^2)`. Complex ``y``: the noise is circular with
+    :math:`\mathbb E|n|^2 = s^2`, each of the real and imaginary parts of variance :math:`s^2/2`,
+    so :math:`w = 1/s^2`: a complex measurement is the real one with both parts stacked and
+    std :math:`s/\sqrt 2`. ``inf`` when ``noise_std == 0``.
+    """
+    if noise_std == 0:
+        return math.inf
+    return (1.0 if y.is_complex() else 0.5) / noise_std**2
+
+
+def network_sigma(denoiser: Denoiser, sigma: float) -> float:
+    r"""``sigma`` in the network's units, ``denoiser.data_scale * sigma`` (1 for priors that serve
+    their own range): formulas of the papers written for the network's :math:`\bar\alpha_t`
+    (e.g. :math:`1 + \sigma^2 = 1/\bar\alpha`) take this one."""
+    return float(getattr(denoiser, "data_scale", 1.0)) * sigma
+
+
 def operator_norm(normal: Callable[[Tensor], Tensor], like: Tensor, iterations: int = 20) -> float:
     r""":math:`\|A^H A\|_2` by power iteration from a fixed random start (its own generator).
 
