@@ -62,6 +62,11 @@ samplers: on the 25-mode Gaussian mixture of ``benchmark=gmm`` (per-coordinate s
 default of 1 makes the twists far too sharp (ESS collapses, mode weights drift) and the prior's
 std brings both to the exact-sample floor.
 
+Complex measurements: the noise is circular with :math:`\mathbb E|n|^2 = s^2`, so the exact
+likelihood is :math:`\|y - A x\|^2 / s^2` and every tilt variance :math:`v_u` is per real component,
+with :math:`s^2/2` in place of :math:`s^2`: a complex problem and its real twin (real and imaginary
+parts stacked, noise std :math:`s/\sqrt 2`) define the same tilts and the same target.
+
 Resampling is systematic, one uniform per problem drawn at every step (whether or not a
 problem resamples), so a problem's particles depend only on its own measurement and the seed.
 """
@@ -84,6 +89,7 @@ from invdiff.samplers.common import (
     emit,
     initial_noise,
     measurement_device_dtype,
+    likelihood_weight,
     operator_norm,
     posterior_shape,
 )
@@ -216,10 +222,19 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 TILTS = ("denoised", "state")
 
 
-def _gaussian_tilt(u: float, noise_std: float, kappa: float, data_std: float | None) -> tuple[float, float]:
-    r""":math:`(c_u, v_u)`: the scale of the mean and the variance of the tilts (module docstring)."""
+def _noise_var(y: Tensor, noise_std: float) -> float:
+    r"""The noise variance per real component, :math:`1 / (2 w)` with :math:`w` from
+    :func:`~invdiff.samplers.common.likelihood_weight`: :math:`s^2` for real ``y``, :math:`s^2/2` for
+    complex ``y`` (circular noise, :math:`\mathbb E|n|^2 = s^2`). A complex problem is then the real
+    one with real and imaginary parts stacked, and defines the same tilts."""
+    return 0.5 / likelihood_weight(y, noise_std)
+
+
+def _gaussian_tilt(u: float, noise_var: float, kappa: float, data_std: float | None) -> tuple[float, float]:
+    r""":math:`(c_u, v_u)`: the scale of the mean and the variance per real component of the tilts
+    (module docstring); ``noise_var`` from :func:`_noise_var`."""
     c = 1.0 if data_std is None else data_std**2 / (data_std**2 + u)
-    return c, noise_std**2 + kappa * u * c
+    return c, noise_var + kappa * u * c
 
 
 Twist = Callable[[Tensor, float], tuple[Tensor, Tensor, Tensor]]
@@ -278,7 +293,7 @@ def _twisted_smc(
                 x0_next, log_h_next, grad_next = twist(x_next, sigma_next)
             else:
                 x0_next, grad_next = x_next, torch.zeros_like(x_next)
-                log_h_next = -_sq_norm(ys - op.A(x_next)) / (2 * noise_std**2)
+                log_h_next = -likelihood_weight(ys, noise_std) * _sq_norm(ys - op.A(x_next))
             # log p(x'|x) - log q(x'|x) for N(mean, var) against N(mean + var grad, var)
             if var > 0:
                 shift = x_next - mean
@@ -355,7 +370,7 @@ def sample_smc_ensemble(
     if tilt == "denoised":
 
         def twist(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-            c, v = _gaussian_tilt(sigma**2, noise_std, kappa, data_std)
+            c, v = _gaussian_tilt(sigma**2, _noise_var(y, noise_std), kappa, data_std)
             x0_hat = denoiser(x, sigma)
             residual = ys - op.A(x0_hat)
             return x0_hat, -_sq_norm(residual) / (2 * v), c * op.AT(residual) / v
@@ -399,13 +414,13 @@ def _state_tilt_smc(
 
     def log_lik(Ax: Tensor, u: float) -> Tensor:
         """``log h_u(x)`` up to a constant, ``(B * N,)``, from ``A x``."""
-        c, v = _gaussian_tilt(u, noise_std, kappa, data_std)
+        c, v = _gaussian_tilt(u, _noise_var(ys, noise_std), kappa, data_std)
         return -_sq_norm(ys - c * Ax) / (2 * v)
 
     def integrand(x: Tensor, Ax: Tensor, x0_hat: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         """The weight rate at ``(x, u)``, ``(B * N,)``, and the drift ``score + grad log h_u``."""
         u = sigma**2
-        c, v = _gaussian_tilt(u, noise_std, kappa, data_std)
+        c, v = _gaussian_tilt(u, _noise_var(ys, noise_std), kappa, data_std)
         score = (x0_hat - x) / u
         grad_ll = c * op.AT(ys - c * Ax) / v
         return _dot(score, grad_ll) + 0.5 * _sq_norm(grad_ll), score + grad_ll
@@ -498,7 +513,7 @@ def sample_tds(
 
     def twist(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
         """``D(x, sigma)``, ``log p~(y | x)`` ``(B * N,)`` and its gradient in ``x``."""
-        _, v = _gaussian_tilt(sigma**2, noise_std, kappa, data_std)
+        _, v = _gaussian_tilt(sigma**2, _noise_var(y, noise_std), kappa, data_std)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             x0_hat = denoiser(x_in, sigma)
