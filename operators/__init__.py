@@ -21,6 +21,7 @@ from operators.base import (
     as_linear_operator,
 )
 from operators.cg import batch_dot, conjugate_gradient
+from operators.linalg import FiniteDifference, power_iteration
 from operators.inpainting import Inpainting, box_mask, freeform_mask, random_pixel_mask
 from operators.interop import from_deepinv, to_deepinv
 from operators.noise import GaussianNoise, PoissonNoise, estimate_kspace_noise_std

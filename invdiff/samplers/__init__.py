@@ -26,7 +26,7 @@ from invdiff.samplers.common import ddim_coefficients, ddim_step
 from invdiff.samplers.dds import sample_dds
 from invdiff.samplers.deepinv_samplers import sample_deepinv_diffpir, sample_deepinv_dps
 from invdiff.samplers.dps import sample_dps
-from invdiff.samplers.mbir import sample_diffusion_mbir
+from invdiff.samplers.mbir import sample_dds3d, sample_diffusion_mbir, sample_diffusion_mbir_paper
 from invdiff.samplers.reddiff import sample_reddiff
 from invdiff.samplers.smc import sample_smc_ensemble, sample_tds
 from invdiff.samplers.unconditional import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
@@ -35,6 +35,8 @@ SAMPLERS: dict[str, Callable] = {
     "dps": sample_dps,
     "dds": sample_dds,
     "diffusion_mbir": sample_diffusion_mbir,
+    "diffusion_mbir_paper": sample_diffusion_mbir_paper,
+    "dds3d": sample_dds3d,
     "reddiff": sample_reddiff,
     "smc_ensemble": sample_smc_ensemble,
     "tds": sample_tds,
@@ -87,7 +89,9 @@ __all__ = [
     "sample_ddim",
     "sample_deepinv_diffpir",
     "sample_deepinv_dps",
+    "sample_dds3d",
     "sample_diffusion_mbir",
+    "sample_diffusion_mbir_paper",
     "sample_dpmpp_2m",
     "sample_dps",
     "sample_euler",

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from operators.base import LinearComposition, LinearOperator, Operator, RealToComplex
 from operators.cg import conjugate_gradient
+from operators.linalg import power_iteration
 from operators.mri import MultiCoilMRI, ifft2c, rss
 from operators.nonlinear import PhaseRetrieval, TransmissionCT
 
@@ -400,24 +401,6 @@ def _gradient_adjoint(g: Tensor) -> Tensor:
     return out
 
 
-def _per_sample_norm(normal, like: Tensor, iterations: int) -> Tensor:
-    r""":math:`\|A^H A\|_2` of each sample by power iteration, ``(B,)``.
-
-    Every sample starts from the same fixed random vector (its own generator), so a sample's
-    estimate does not depend on the rest of the batch.
-    """
-    g = torch.Generator(like.device).manual_seed(0)
-    v = torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype).expand(like.shape)
-    value = like.new_zeros(like.shape[0])
-    for _ in range(iterations):
-        norm = v.flatten(1).norm(dim=1).clamp_min(torch.finfo(like.dtype).tiny)
-        v = v / norm.view(-1, *[1] * (like.ndim - 1))
-        w = normal(v)
-        value = w.flatten(1).norm(dim=1)
-        v = w
-    return value
-
-
 def tv(
     op: LinearOperator,
     y: Tensor,
@@ -509,7 +492,8 @@ def tv(
         )
     # 1. Step sizes: tau / sigma_p = step_ratio, both proportional to 1 / ||A||, and
     #    tau * (sigma_p ||A||^2 + sigma_q ||grad||^2) = 0.9 with ||grad||^2 <= 8.
-    norm_A = _per_sample_norm(op.normal, ATy, power_iterations).clamp_min(torch.finfo(ATy.dtype).tiny).sqrt()
+    norm_A = power_iteration(op.normal, ATy, iterations=power_iterations, per_sample=True)
+    norm_A = norm_A.clamp_min(torch.finfo(ATy.dtype).tiny).sqrt()
     tau = ((0.45 * step_ratio) ** 0.5 / norm_A).view(-1, *[1] * (ATy.ndim - 1))
     sigma_p = ((0.45 / step_ratio) ** 0.5 / norm_A).view(-1, *[1] * (y.ndim - 1)).to(tau.dtype)
     sigma_q = ((0.45 / step_ratio) ** 0.5 * norm_A / 8).view(-1, 1, 1, 1, 1)

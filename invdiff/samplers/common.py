@@ -209,21 +209,13 @@ def network_sigma(denoiser: Denoiser, sigma: float) -> float:
 
 
 def operator_norm(normal: Callable[[Tensor], Tensor], like: Tensor, iterations: int = 20) -> float:
-    r""":math:`\|A^H A\|_2` by power iteration from a fixed random start (its own generator).
+    r""":math:`\|A^H A\|_2` by :func:`operators.linalg.power_iteration` from its fixed random start (its own generator).
 
     Args:
         normal: :math:`v \mapsto A^H A v`.
         like: a tensor of the unknown's shape, device and dtype.
         iterations: power iterations.
     """
-    g = torch.Generator(like.device).manual_seed(0)
-    v = torch.randn(like.shape, generator=g, device=like.device, dtype=like.dtype)
-    v = v / v.norm()
-    value = 0.0
-    for _ in range(iterations):
-        w = normal(v)
-        value = float(w.norm())
-        if value == 0:
-            break
-        v = w / value
-    return value
+    from operators.linalg import power_iteration
+
+    return float(power_iteration(normal, like, iterations=iterations))

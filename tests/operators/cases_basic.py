@@ -4,6 +4,7 @@ import torch
 
 from operators.base import CenterCrop, Identity, Matrix, Multiply, RealToComplex, complex_dtype
 from operators.inpainting import Inpainting, box_mask, freeform_mask, random_pixel_mask
+from operators.linalg import FiniteDifference
 from operators.interop import from_deepinv, to_deepinv
 from operators.superres import SuperResolution
 
@@ -79,6 +80,13 @@ def deepinv_roundtrip(dtype, device):
     return op, _x((2, 1, 15, 21), dtype, device)
 
 
+def finite_difference(dim, circular, complex_=False):
+    def build(dtype, device):
+        return FiniteDifference(dim, circular), _x((2, 3, 7, 5), dtype, device, complex_)
+
+    return build
+
+
 CASES = {
     "identity": identity,
     "multiply_complex": multiply_complex,
@@ -96,4 +104,8 @@ CASES = {
     "sr_gaussian_x4": sr("gaussian", 4),
     "sr_bicubic_x2_complex": sr("bicubic", 2, complex_=True),
     "deepinv_roundtrip": deepinv_roundtrip,
+    "finite_difference_h": finite_difference(-2, False),
+    "finite_difference_w_circular": finite_difference(3, True),
+    "finite_difference_c_complex": finite_difference(1, False, complex_=True),
+    "finite_difference_h_circular_complex": finite_difference(2, True, complex_=True),
 }

@@ -8,18 +8,17 @@ import torch
 
 from invdiff.priors.phantom import phantom_gaussian
 from invdiff.samplers import SAMPLERS, sample_dds
-from invdiff.samplers.common import operator_norm
 from invdiff.samplers.mbir import (
     admm_tv_z_step,
-    diff_z,
-    diff_z_adjoint,
+    sample_dds3d,
     sample_diffusion_mbir,
+    sample_diffusion_mbir_paper,
     soft_threshold,
 )
 from invdiff.problems.volumes import brain_volume, ct3d, phantom_volume
-from invdiff.schedules import sigmas_vp
-from operators import ParallelBeamCT, PhaseRetrieval, sparse_view_angles
-from tests.samplers import seeded
+from invdiff.schedules import sigmas_loglinear, sigmas_vp
+from operators import FiniteDifference, Matrix, ParallelBeamCT, PhaseRetrieval, sparse_view_angles
+from tests.samplers import gaussian_problem, seeded
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
 
@@ -37,16 +36,13 @@ def _dense(fn, shape):
     return torch.stack([fn(e).reshape(-1) for e in basis], 1)
 
 
+diff_z = FiniteDifference(0).A
+
+
 def test_registered():
     assert SAMPLERS["diffusion_mbir"] is sample_diffusion_mbir
-
-
-def test_diff_z_adjoint_is_its_transpose():
-    g = seeded(0)
-    x, v = torch.randn(5, 2, 3, 4, generator=g, dtype=torch.float64), torch.randn(4, 2, 3, 4, generator=g, dtype=torch.float64)
-    torch.testing.assert_close((diff_z(x) * v).sum(), (x * diff_z_adjoint(v)).sum())
-    D = _dense(diff_z, (4, 1, 1, 1))
-    torch.testing.assert_close(D, torch.tensor([[-1.0, 1, 0, 0], [0, -1, 1, 0], [0, 0, -1, 1]], dtype=torch.float64))
+    assert SAMPLERS["diffusion_mbir_paper"] is sample_diffusion_mbir_paper
+    assert SAMPLERS["dds3d"] is sample_dds3d
 
 
 def test_soft_threshold():
@@ -67,19 +63,13 @@ def test_admm_x_update_solves_its_normal_equations():
     u = 0.1 * torch.randn(2, 1, 6, 6, generator=g, dtype=torch.float64)
     rho, lam = 0.7, 0.05
     x, z_new, u_new, info = admm_tv_z_step(op.normal, op.AT(y), x0, z, u, rho=rho, lam=lam, cg_steps=500)
-    M = _dense(op.normal, shape) + rho * _dense(lambda v: diff_z_adjoint(diff_z(v)), shape)
-    b = (op.AT(y) + rho * diff_z_adjoint(z - u)).reshape(-1)
+    M = _dense(op.normal, shape) + rho * _dense(FiniteDifference(0).normal, shape)
+    b = (op.AT(y) + rho * FiniteDifference(0).AT(z - u)).reshape(-1)
     assert float((M @ x.reshape(-1) - b).norm() / b.norm()) < 1e-5  # CG's stopping tolerance is 1e-6
     torch.testing.assert_close(x.reshape(-1), torch.linalg.solve(M, b), rtol=1e-3, atol=1e-3)
     assert info["residual"] < 1e-5
     torch.testing.assert_close(z_new, soft_threshold(diff_z(x) + u, lam / rho))
     torch.testing.assert_close(u_new, u + diff_z(x) - z_new)
-
-
-def test_operator_norm_matches_the_largest_eigenvalue():
-    op = ParallelBeamCT((6, 6), sparse_view_angles(3))
-    top = torch.linalg.eigvalsh(_dense(op.normal, (1, 1, 6, 6)))[-1]
-    assert operator_norm(op.normal, torch.zeros(2, 1, 6, 6, dtype=torch.float64), iterations=200) == pytest.approx(float(top), rel=1e-3)
 
 
 def test_errors_name_the_problem(small_ct):
@@ -111,6 +101,112 @@ def test_chunking_and_seed_do_not_change_the_output(small_ct, decomposed):
     assert torch.equal(again, x8)
     assert info1["nfe"] == info8["nfe"] == 6
     assert {"cg_residual", "tv_z", "op_norm", "admm_primal"} <= set(info8)
+
+
+def test_decomposed_is_dds3d(small_ct):
+    task, prior = small_ct
+    common = dict(noise_std=0.1, generator=seeded(3), lam=1e-3)
+    x_old, info = sample_diffusion_mbir(prior, task.op, task.y, sigmas_vp(4), decomposed=True, **common)
+    common["generator"] = seeded(3)
+    x_new, _ = sample_dds3d(prior, task.op, task.y, sigmas_vp(4), **common)
+    assert torch.equal(x_old, x_new) and info["decomposed"] and info["admm_cg"] == 5
+
+
+def _official_pc_admm_tv(score, A, AT, y, discrete_sigmas, snr, rho, lamb, generator, shape, chunk,
+                         final_consistency=True, eps=1e-5):
+    """``get_pc_radon_ADMM_TV_vol`` (HJ-harry/DiffusionMBIR 592ea29) with ``ReverseDiffusionPredictor``,
+    ``LangevinCorrector`` (``n_steps=1``) and ``VESDE.discretize``, transcribed; ``score(x, sigma)``
+    takes the grid's sigma (see the sampler's docstring), ``torch.randn`` draws from ``generator``."""
+    N = len(discrete_sigmas)
+    randn_like = lambda x: torch.randn(x.shape, generator=generator, dtype=x.dtype)  # noqa: E731
+
+    def _Dz(x):
+        y = torch.zeros_like(x)
+        y[:-1] = x[1:]
+        y[-1] = x[0]
+        return y - x
+
+    def _DzT(x):
+        y = torch.zeros_like(x)
+        y[:-1] = x[1:]
+        y[-1] = x[0]
+        tempt = -(y - x)
+        difft = tempt[:-1]
+        y[1:] = difft
+        y[0] = x[-1] - x[0]
+        return y
+
+    def shrink(src, lamb):
+        return torch.sign(src) * torch.max(torch.abs(src) - lamb, torch.zeros_like(src))
+
+    def A_cg(x):
+        return AT(A(x)) + rho * _DzT(_Dz(x))
+
+    def CG(A_fn, b_cg, x, n_inner=10):
+        r = b_cg - A_fn(x)
+        p = r
+        rs_old = torch.matmul(r.view(1, -1), r.view(1, -1).T)
+        for i in range(n_inner):
+            Ap = A_fn(p)
+            a = rs_old / torch.matmul(p.view(1, -1), Ap.view(1, -1).T)
+            x += a * p
+            r -= a * Ap
+            rs_new = torch.matmul(r.view(1, -1), r.view(1, -1).T)
+            if torch.sqrt(rs_new) < 1e-10:
+                break
+            p = r + (rs_new / rs_old) * p
+            rs_old = rs_new
+        return x
+
+    del_z = torch.zeros(shape, dtype=torch.float64)
+    udel_z = torch.zeros(shape, dtype=torch.float64)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64) * discrete_sigmas[-1]
+    norm_const = AT(A(torch.ones_like(x)))
+    timesteps = torch.linspace(1, eps, N)
+    for i in range(N):
+        timestep = int((timesteps[i] * (N - 1)).long())
+        sigma = discrete_sigmas[timestep]
+        adjacent_sigma = 0.0 if timestep == 0 else discrete_sigmas[timestep - 1]
+        x_agg = []
+        for xb in x.chunk(len(x) // chunk + 1, dim=0):
+            # ReverseDiffusionPredictor.update_fn
+            G = torch.sqrt(torch.tensor(sigma**2 - adjacent_sigma**2, dtype=torch.float64))
+            rev_f = torch.zeros_like(xb) - G**2 * score(xb, sigma)
+            z = randn_like(xb)
+            xb = (xb - rev_f) + G * z
+            # LangevinCorrector.update_fn
+            grad = score(xb, sigma)
+            noise = randn_like(xb)
+            grad_norm = torch.norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
+            noise_norm = torch.norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
+            step_size = (snr * noise_norm / grad_norm) ** 2 * 2 * 1.0
+            xb = xb + step_size * grad + torch.sqrt(step_size * 2) * noise
+            x_agg.append(xb)
+        x = torch.cat(x_agg, dim=0)
+        # CS_routine(x, ATy, niter=1)
+        b_cg = AT(y) + rho * (_DzT(del_z) - _DzT(udel_z))
+        x = CG(A_cg, b_cg, x, n_inner=1)
+        del_z = shrink(_Dz(x) + udel_z, lamb / rho)
+        udel_z = _Dz(x) - del_z + udel_z
+    if final_consistency:
+        x = x + AT(y - A(x)) / norm_const
+    return x
+
+
+def test_paper_form_matches_the_official_predictor_corrector_loop():
+    """Five 'slices' of a 6-dim Gaussian prior (closed-form denoiser), 2000 steps would be the paper;
+    40 here, chunks of 2 (batchfy(x, 2) on 5 slices: 3 chunks of 2, 2, 1), unnormalised data term."""
+    prior, op, y, _ = gaussian_problem(seed=4, d=6, m=4, noise_std=0.1)
+    op = Matrix(op.matrix.abs(), (1, 1, 6))  # A^T A 1 > 0, where the final step is defined
+    ys = y.reshape(1, -1) + 0.05 * torch.randn(5, 4, generator=seeded(1), dtype=torch.float64)
+    sigmas = sigmas_loglinear(40, sigma_min=0.01, sigma_max=20.0)
+    discrete = [float(s) for s in sigmas[:-1].flip(0)]
+    ours, info = sample_diffusion_mbir_paper(prior, op, ys, sigmas, noise_std=0.1, generator=seeded(7), snr=0.16,
+                                             slice_batch=2, rho=0.5, lam=0.04, op_norm=1.0)
+    score = lambda x, s: (prior(x, s) - x) / s**2  # noqa: E731
+    ref = _official_pc_admm_tv(score, op.A, op.AT, ys, discrete, 0.16, 0.5, 0.04, seeded(7), (5, 1, 1, 6), chunk=2)
+    torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-10)
+    assert info["nfe"] == 80 and info["circular"] and info["final_consistency"]
 
 
 def test_tv_z_beats_slice_by_slice_dds_on_a_smooth_volume(small_ct):
