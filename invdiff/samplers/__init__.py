@@ -28,7 +28,7 @@ from invdiff.samplers.deepinv_samplers import sample_deepinv_diffpir, sample_dee
 from invdiff.samplers.dps import sample_dps
 from invdiff.samplers.mbir import sample_dds3d, sample_diffusion_mbir, sample_diffusion_mbir_paper
 from invdiff.samplers.reddiff import sample_reddiff
-from invdiff.samplers.smc import sample_smc_ensemble, sample_tds
+from invdiff.samplers.smc import sample_afdps, sample_smc_ensemble, sample_tds
 from invdiff.samplers.unconditional import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
 
 SAMPLERS: dict[str, Callable] = {
@@ -39,6 +39,8 @@ SAMPLERS: dict[str, Callable] = {
     "dds3d": sample_dds3d,
     "reddiff": sample_reddiff,
     "smc_ensemble": sample_smc_ensemble,
+    "twisted_ensemble": sample_smc_ensemble,
+    "afdps": sample_afdps,
     "tds": sample_tds,
     "deepinv_dps": sample_deepinv_dps,
     "deepinv_diffpir": sample_deepinv_diffpir,
@@ -97,6 +99,7 @@ __all__ = [
     "sample_euler",
     "sample_heun",
     "sample_reddiff",
+    "sample_afdps",
     "sample_smc_ensemble",
     "sample_tds",
     "tv",

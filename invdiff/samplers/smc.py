@@ -90,10 +90,12 @@ from invdiff.samplers.common import (
     initial_noise,
     measurement_device_dtype,
     likelihood_weight,
+    network_sigma,
     operator_norm,
     posterior_shape,
 )
 from operators.base import LinearOperator, Operator
+from operators.cg import conjugate_gradient
 
 
 def check_particles(num_particles: int, ess_threshold: float, sampler: str) -> None:
@@ -253,8 +255,13 @@ def _twisted_smc(
     ess_threshold: float,
     generator: torch.Generator | None,
     callback: Callback | None,
+    official_shift: bool = False,
 ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
     r"""Twisted ancestral proposals with exact importance weights, from ``x`` at ``sigma_list[0]``.
+
+    The proposal is the ancestral kernel :math:`\mathcal N(m, \tau I)` shifted by :math:`\tau g`, or
+    with ``official_shift`` by :math:`(u - u') g` (the ancestral mean from the twisted estimate
+    :math:`\hat x_0 + u g`, as TDS's code) and unshifted on the last step to :math:`\sigma = 0`.
 
     Args:
         twist: ``(x, sigma) -> (x0_hat, log_h, grad)``: the denoised estimate, the log-twist
@@ -286,7 +293,8 @@ def _twisted_smc(
             mean = x + (1 - u_next / u) * (x0_hat - x)
             var = (u - u_next) * u_next / u
             noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-            x_next = mean + var * grad + math.sqrt(var) * noise
+            step = ((u - u_next) if u_next > 0 else 0.0) if official_shift else var
+            x_next = mean + step * grad + math.sqrt(var) * noise
             check_finite(x_next, name, i, sigma)
             # 4. Next twist (the exact likelihood at sigma = 0) and the weight update.
             if sigma_next > 0:
@@ -297,7 +305,7 @@ def _twisted_smc(
             # log p(x'|x) - log q(x'|x) for N(mean, var) against N(mean + var grad, var)
             if var > 0:
                 shift = x_next - mean
-                log_ratio = (_sq_norm(shift - var * grad) - _sq_norm(shift)) / (2 * var)
+                log_ratio = (_sq_norm(shift - step * grad) - _sq_norm(shift)) / (2 * var)
             else:
                 log_ratio = torch.zeros_like(log_h)
             log_w = log_w + ensemble.grouped(log_ratio + log_h_next - log_h).double()
@@ -480,10 +488,31 @@ def sample_tds(
     ess_threshold: float = 0.5,
     kappa: float | None = None,
     data_std: float | None = 1.0,
+    paper: bool = False,
+    tausq: float = 0.12,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
     r"""Twisted diffusion sampler (module docstring): twisted ancestral proposals, SMC weights.
+
+    ``paper=True`` runs TDS as the official code ran it (``blt2114/twisted_diffusion_sampler`` at
+    5b6af53a6588c1bdd83d8604a8352fefdcad7d69, ``image_exp``: ``TwistedDDPM`` with ``var_type=6,
+    tausq=0.12`` and ``ess_threshold=None``, read in ``feynman_kac_image_ddpm.py`` and
+    ``run_image.py``): the twisting variance :math:`s^2 + \tilde\sigma_t^2`,
+    :math:`\tilde\sigma_t^2 = \sigma_t^2 \tau^2 / (\sigma_t^2 + \tau^2)` with :math:`\sigma_t^2 =
+    (1 - \bar\alpha_t)/\bar\alpha_t` and :math:`\tau^2` (``tausq``) in the network's units
+    (:func:`~invdiff.samplers.common.network_sigma`; the variance is converted back by
+    ``data_scale**2``); the proposal is the ancestral kernel from the twisted estimate
+    :math:`\hat x_0 + \sigma^2 \nabla \log \tilde p` (a shift of :math:`(u - u')\nabla`, none on the
+    last step, which takes the mean as ``use_mean_pred``); resampling (systematic) at every step,
+    ``ess_threshold`` unused. Deliberate differences: the official code runs noiseless inpainting,
+    so its twisting variance has no :math:`s^2` (here :math:`s^2` per real component is added, and
+    the last weight is the exact Gaussian likelihood); it clips the twisted estimate to
+    :math:`[-1, 1]` (no clipping here: the unknown's range is the problem's); its first state is
+    the VP prior :math:`\mathcal N(0, 1)`, ours the VE :math:`\mathcal N(0, \sigma_{max}^2)`.
+    ``paper=False`` (the default) is this module's variant: variance :math:`s^2 + \kappa u c_u`,
+    shift :math:`\tau \nabla` (the exact ancestral posterior of a Gaussian twist), ESS-triggered
+    resampling.
 
     Args:
         denoiser: the prior, :math:`D(x, \sigma)`; differentiable in ``x``.
@@ -498,6 +527,8 @@ def sample_tds(
             linear operators and 1 otherwise.
         data_std: the prior's standard deviation per pixel :math:`\sigma_d` in
             :math:`v_u = s^2 + \kappa u \sigma_d^2 / (\sigma_d^2 + u)`; ``None`` for :math:`s^2 + \kappa u`.
+        paper: run the official TDS update (above); ``kappa`` and ``data_std`` are then unused.
+        tausq: :math:`\tau^2` of the paper's twisting variance, in the network's units.
         shape: the shape of ``x`` per problem, ``(B, ...)``.
         callback: called each step with ``i``, ``sigma``, ``x``, ``x0_hat``, ``log_weights``, ``ess``.
 
@@ -511,9 +542,19 @@ def sample_tds(
     )
     ys = ensemble.repeat(y)
 
+    if not tausq > 0:
+        raise ValueError(f"{name}: tausq: expected > 0, got {tausq}")
+    data_scale = network_sigma(denoiser, 1.0)
+
+    def variance(sigma: float) -> float:
+        if not paper:
+            return _gaussian_tilt(sigma**2, _noise_var(y, noise_std), kappa, data_std)[1]
+        s2 = network_sigma(denoiser, sigma) ** 2
+        return _noise_var(y, noise_std) + s2 * tausq / (s2 + tausq) / data_scale**2
+
     def twist(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
         """``D(x, sigma)``, ``log p~(y | x)`` ``(B * N,)`` and its gradient in ``x``."""
-        _, v = _gaussian_tilt(sigma**2, _noise_var(y, noise_std), kappa, data_std)
+        v = variance(sigma)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             x0_hat = denoiser(x_in, sigma)
@@ -524,10 +565,136 @@ def sample_tds(
     x = initial_noise(sigma_list[0], (ensemble.B * ensemble.N, *shape[1:]), generator=generator, device=device,
                       dtype=dtype)
     x, log_w, ess, resampled = _twisted_smc(
-        name, twist, op, ys, noise_std, x, ensemble, sigma_list, ess_threshold=ess_threshold,
-        generator=generator, callback=callback,
+        name, twist, op, ys, noise_std, x, ensemble, sigma_list,
+        ess_threshold=math.inf if paper else ess_threshold, generator=generator, callback=callback,
+        official_shift=paper,
     )
     return _finish(
         ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
-        ess=ess, resampled=resampled, kappa=kappa,
+        ess=ess, resampled=resampled, kappa=kappa, paper=paper,
     )
+
+
+NAME_AFDPS = "sample_afdps"
+
+
+def sample_afdps(
+    denoiser: Denoiser,
+    op: LinearOperator,
+    y: Tensor,
+    sigmas: Tensor,
+    *,
+    noise_std: float,
+    generator: torch.Generator | None,
+    num_particles: int = 16,
+    resample: bool = False,
+    ess_threshold: float = 0.5,
+    cg_steps: int = 100,
+    shape: Sequence[int] | None = None,
+    callback: Callback | None = None,
+) -> tuple[Tensor, dict]:
+    r"""Approximation-free ensemble sampler of Chen, Ren, Min, Ying and Izzo (2025, arXiv 2506.03979).
+
+    The released sampler is read in ``erichou1/AFDPS`` at fb6a50356b849bdafdbc0a251e84a8202145bef5,
+    ``navier_stokes/algo/afdps_core/ensemble_denoiser_edm.py`` (``Ensemble_Denoiser_EDM``, vendored
+    from the paper's code) with ``schedule='linear', scaling='none'`` (:math:`\sigma = t`, our VE
+    convention) and ``likelihood_at='noisy'``. The tilt is fixed and on the noisy state,
+    :math:`q_t(x) \propto p_t(x)\, e^{-\mu_y(x)}` with :math:`\mu_y(x) = w \|y - A x\|^2`
+    (:math:`w` from :func:`~invdiff.samplers.common.likelihood_weight`).
+
+    * Stage I: an exact draw from :math:`\mathcal N(0, \rho^2 I)\, e^{-\mu_y}`, :math:`\rho = \sigma_{max}`
+      (the released ``proximal_generator``), by perturb-and-solve: :math:`z \sim \mathcal N(0, \rho^2 I)`,
+      :math:`\epsilon` the measurement noise, then CG on
+      :math:`(I + 2 w \rho^2 A^T A)\, x = z + 2 w \rho^2 A^T (y + \epsilon)`.
+    * Stage II: Euler-Maruyama from :math:`t` to :math:`t'`, :math:`v^2 = 2t`,
+      :math:`H = v^2 \nabla \log p_t = 2 (D(x, t) - x)/t`:
+      :math:`x' = x + (t - t')(H - v^2 \nabla\mu_y) + \sqrt{v^2 (t - t')}\, z`, and
+      :math:`\log w \mathrel{+}= (t - t')\big(\tfrac{v^2}{2}(\|\nabla\mu_y\|^2 - \Delta\mu_y) - H \cdot \nabla\mu_y\big)`
+      at the left end (the released ``reweight_func``).
+
+    ``resample=False`` is the released variant (the paper's App. E skips resampling): weights
+    accumulate over all steps and ``x`` is the highest-weight particle (``reduce='best'``);
+    ``resample=True`` is the paper's Algorithm 1, resampling when the ESS falls below
+    ``ess_threshold * N`` (systematic here, multinomial in the released code).
+
+    Deliberate differences: :math:`\Delta\mu_y = 2 w \operatorname{tr}(A^T A)` is the same for every
+    particle of a linear operator and is left out of the weights (the released code estimates it by
+    Hutchinson probes, which only adds weight noise); no guidance annealing
+    (``guidance_gamma`` of the released code, which changes the tilt with :math:`t` and leaves its
+    time derivative out of the weights, so it no longer targets the posterior); the stage I tilt
+    uses :math:`\mathcal N(0, \rho^2 I)` for :math:`p_T`, as the paper. The explicit step is stable
+    only while :math:`2 (t - t') t\, \|\nabla^2 \mu_y\| < 2`: small noise or coarse steps at large
+    :math:`\sigma` diverge (``FloatingPointError``).
+
+    Args:
+        denoiser: the prior, :math:`D(x, \sigma)`.
+        op: a :class:`~operators.base.LinearOperator`.
+        y: ``B`` independent measurements, ``(B, ...)``.
+        sigmas: ``(n + 1,)`` descending noise levels ending at 0; ``sigmas[0]`` is :math:`\rho`.
+        noise_std: the Gaussian measurement noise std ``s > 0``.
+        generator: the source of all randomness.
+        num_particles: particles per problem, ``N >= 2``.
+        resample: resample on low ESS (Algorithm 1) instead of the released run without.
+        ess_threshold: with ``resample``, the ESS fraction that triggers it.
+        cg_steps: CG iterations of the stage I draw.
+        shape: the shape of ``x`` per problem, ``(B, ...)``.
+        callback: called each step with ``i``, ``sigma``, ``x``, ``x0_hat``, ``log_weights``, ``ess``.
+
+    Returns:
+        ``(x, info)``: the highest-weight particle per problem (``resample=False``) or one particle
+        after resampling by the final weights, ``(B, ...)``; ``info`` with ``nfe``, ``seconds``,
+        ``particles`` ``(B, N, ...)`` resampled by the final weights (a posterior sample),
+        ``log_weights`` ``(B, N)`` before it, ``ess``, ``resampled`` and ``cg_residual``.
+    """
+    start = time.perf_counter()
+    name = NAME_AFDPS
+    if not isinstance(op, LinearOperator):
+        raise ValueError(f"{name}: op: expected a LinearOperator (stage I solves with its adjoint), got {op!r}")
+    sigma_list, shape, device, dtype, _, ensemble = _prepare(
+        name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, 1.0, None
+    )
+    ys = ensemble.repeat(y)
+    w = likelihood_weight(y, noise_std)
+
+    def grad_mu(x: Tensor) -> Tensor:
+        return -2 * w * op.AT(ys - op.A(x))
+
+    with torch.no_grad():
+        # 1. Stage I: exact draw from N(0, rho^2 I) exp(-mu_y) by perturb-and-solve.
+        rho2 = sigma_list[0] ** 2
+        z = initial_noise(sigma_list[0], (ensemble.B * ensemble.N, *shape[1:]), generator=generator, device=device,
+                          dtype=dtype)
+        eps_shape = torch.view_as_real(ys).shape if ys.is_complex() else ys.shape
+        eps = torch.randn(eps_shape, generator=generator, device=device, dtype=dtype) * math.sqrt(0.5 / w)
+        eps = torch.view_as_complex(eps) if ys.is_complex() else eps
+        rhs = z + 2 * w * rho2 * op.AT(ys + eps)
+        x, cg = conjugate_gradient(lambda v: v + 2 * w * rho2 * op.normal(v), rhs, z, max_iter=cg_steps, tol=1e-10)
+        check_finite(x, name, 0, sigma_list[0])
+        log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
+        ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
+        n = len(sigma_list) - 1
+        for i, (t, t_next) in enumerate(zip(sigma_list, sigma_list[1:])):
+            dt = t - t_next
+            # 2. Prior drift H = v^2 score and the likelihood gradient at the noisy state.
+            x0_hat = denoiser(x, t)
+            H = 2 * (x0_hat - x) / t
+            g = grad_mu(x)
+            ess = effective_sample_size(log_w)
+            ess_history.append(ess)
+            emit(callback, i=i, sigma=t, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess)
+            # 3. Feynman-Kac weight at the left end; Euler-Maruyama step with drift H - v^2 grad mu.
+            rate = t * _sq_norm(g) - _dot(H, g)
+            log_w = log_w + dt * ensemble.grouped(rate).double()
+            noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+            x = x + dt * (H - 2 * t * g) + math.sqrt(2 * t * dt) * noise
+            check_finite(x, name, i, t)
+            # 4. Algorithm 1: resample on low ESS (not after the last step).
+            if resample and i < n - 1:
+                log_w, did, (x,) = ensemble.maybe_resample(log_w, ess_threshold, generator, x)
+                resampled_count += did.long()
+        best = ensemble.grouped(x)[torch.arange(ensemble.B, device=device), log_w.argmax(1)]
+    x_out, info = _finish(
+        ensemble, x, log_w, generator, nfe=n, seconds=time.perf_counter() - start, ess=ess_history,
+        resampled=resampled_count, cg_residual=cg["residual"].reshape(ensemble.B, ensemble.N),
+    )
+    return (x_out if resample else best), info
