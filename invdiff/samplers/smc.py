@@ -1,15 +1,19 @@
 r"""Sequential Monte Carlo posterior samplers: weighted particles in the batch dimension.
 
-Both samplers here move ``N`` particles per problem through the diffusion's noise levels,
+The samplers here move ``N`` particles per problem through the diffusion's noise levels,
 re-weight them so that the weighted ensemble tracks a path of distributions that ends at the
 exact posterior :math:`p(x_0 \mid y)`, and resample a problem's particles when their effective
 sample size falls below ``ess_threshold * N``. With enough particles and fine steps the
 ensemble's error goes to zero; the only approximations are the time discretisation and the
 finite ensemble. ``y`` holds ``B`` independent problems; the state holds ``B * N`` particles,
-problem-major, and no operation mixes particles of different problems.
+problem-major, and no operation mixes particles of different problems. Registered names:
+``smc_ensemble`` and ``twisted_ensemble`` (:func:`sample_smc_ensemble`), ``tds``
+(:func:`sample_tds`, ``paper=True`` for the official update, ``configs/sampler/tds_paper.yaml``),
+``afdps`` (:func:`sample_afdps`, the paper's approximation-free ensemble sampler).
 
-**Ensemble sampler** (:func:`sample_smc_ensemble`), after the approximation-free ensemble
-sampler of Chen, Ren, Min, Ying and Izzo (2025): particles follow the reverse SDE of the prior
+**Twisted ensemble sampler** (:func:`sample_smc_ensemble`): a TDS-style twisted SMC without the
+network gradient, not the method of Chen, Ren, Min, Ying and Izzo (2025), which is
+:func:`sample_afdps`; it borrows that paper's idea of a gradient-free ensemble. Particles follow the reverse SDE of the prior
 plus a likelihood drift, carry weights that correct for the drift, and are resampled on low
 ESS; one network evaluation per step and no gradient through the network. The path is tilted
 marginals :math:`q_u(x) \propto p_u(x)\, h_u(x)` with :math:`u = \sigma^2` (variance-exploding
@@ -45,19 +49,25 @@ iteration). Two tilts, by ``tilt``:
   weights vary far more: on the Gaussian-mixture benchmark (``BENCHMARKS.md``,
   ``benchmark=gmm``) it stays 2-3x above the exact-sample floor where ``"denoised"`` reaches it.
 
-How this follows the paper: particles follow the reverse SDE with a likelihood drift and carry
-importance weights, resampled on low ESS, with no approximation of the target. The tilts, the
-Gaussian-Jacobian drift and the step rules above are written out here from the derivation; where
-the paper's published path or discretisation differs, this one is what runs.
+How this differs from Chen et al.: their tilt is the fixed :math:`e^{-\mu_y(x)}` on the noisy
+state, started by an exact draw from :math:`\mathcal N(0, \rho^2 I) e^{-\mu_y}`, with Euler
+Feynman-Kac weights (:func:`sample_afdps`); here the tilts change with :math:`u` (the Gaussian
+:math:`p(y \mid x_u)`), which keeps the explicit steps stable at small noise and the weights far
+less variable. The tilts, the Gaussian-Jacobian drift and the step rules above are written out
+here from the derivation.
 
 **Twisted diffusion sampler** (:func:`sample_tds`; Wu, Trippe, Naesseth, Blei, Cunningham,
-NeurIPS 2023), the established SMC sampler it is compared with: the same twisting functions as
+NeurIPS 2023; official code ``blt2114/twisted_diffusion_sampler`` read at 5b6af53a6588c1bdd83d8604a8352fefdcad7d69,
+``image_exp/image_diffusion/feynman_kac_image_ddpm.py``), the established SMC sampler: the same twisting functions as
 the denoised tilt, :math:`\tilde p_k(y \mid x_k) = \mathcal N(y;\ \mathcal A(\hat x_0(x_k)),\ v_k I)`,
 but the proposal's shift is the exact gradient :math:`\nabla_{x_k} \log \tilde p_k`, through the
 network as in DPS (about three times the cost of a step and the memory of a backward pass); works
-with nonlinear operators. The paper's twisting variance is the measurement's alone; the
-:math:`\kappa u c_u` term is added here so that the early twists are not sharper than the
-information in a noisy :math:`x_k` (the final target is unchanged). ``data_std`` matters for both
+with nonlinear operators. The default differs from the official code in three places (``paper=True``
+restores them, see :func:`sample_tds`): the twisting variance is :math:`s^2 + \kappa u c_u` (the
+official :math:`\sigma_t^2 \tau^2 / (\sigma_t^2 + \tau^2)`, :math:`\tau^2 = 0.12`, is tuned to MNIST in
+:math:`[-1, 1]`), the proposal's shift is :math:`\tau g` (the ancestral posterior of the Gaussian
+twist; the official one moves the mean by :math:`(u - u') g`) and resampling is on low ESS (the
+official code resamples every step). ``data_std`` matters for both
 samplers: on the 25-mode Gaussian mixture of ``benchmark=gmm`` (per-coordinate std about 11) the
 default of 1 makes the twists far too sharp (ESS collapses, mode weights drift) and the prior's
 std brings both to the exact-sample floor.
