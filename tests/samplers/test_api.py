@@ -17,23 +17,32 @@ from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 STEPS = {
     "dps": 30, "dds": 15, "reddiff": 20, "smc_ensemble": 15, "tds": 15, "diffusion_mbir": 15,
     "diffusion_mbir_paper": 15, "dds3d": 15,
-    "deepinv_dps": 15, "deepinv_diffpir": 15,
+    "deepinv_dps": 15, "deepinv_diffpir": 15, "twisted_ensemble": 15, "afdps": 15,
 }
-PARTICLES = {"smc_ensemble": 8, "tds": 8}
+PARTICLES = {"smc_ensemble": 8, "tds": 8, "twisted_ensemble": 8, "afdps": 8}
 """Samplers whose state holds ``num_particles`` particles per problem."""
 NFE_PER_STEP = {"diffusion_mbir_paper": 2}
 """Samplers with more than one network evaluation per step (predictor and corrector)."""
 OWN_SCHEDULE = {"deepinv_diffpir"}
 """Samplers that step through their own noise levels (``len(sigmas) - 1`` of them), not ``sigmas``."""
+STIFF = {"afdps"}
+"""Samplers whose explicit step needs small steps in u = sigma^2 against the likelihood's curvature:
+run on 15 steps uniform in u below sigma = 0.3 (noise std 0.2)."""
 COUPLED = {"diffusion_mbir", "diffusion_mbir_paper", "dds3d"}
 """Samplers whose batch is one volume (slices coupled by the z-regulariser), not independent problems."""
+
+
+def _sigmas(name):
+    if name in STIFF:
+        return torch.linspace(0.09, 0, STEPS[name] + 1, dtype=torch.float64).sqrt()
+    return sigmas_vp(STEPS[name])
 
 
 def _run(name, prior, op, y, seed, **kwargs):
     if name in PARTICLES:
         kwargs.setdefault("num_particles", PARTICLES[name])
     return SAMPLERS[name](
-        prior, op, y, sigmas_vp(STEPS[name]), noise_std=0.2, generator=seeded(seed), **kwargs
+        prior, op, y, _sigmas(name), noise_std=0.2, generator=seeded(seed), **kwargs
     )
 
 
@@ -87,7 +96,7 @@ def test_callback_sees_every_step(name):
     seen = []
     _run(name, prior, op, _batch(y), seed=5, callback=seen.append)
     assert [s["i"] for s in seen] == list(range(STEPS[name]))
-    sigmas = sigmas_vp(STEPS[name])
+    sigmas = _sigmas(name)
     if name in OWN_SCHEDULE:
         assert all(b < a for a, b in zip([s["sigma"] for s in seen], [s["sigma"] for s in seen][1:]))
     else:
