@@ -136,3 +136,18 @@ def test_afdps_gaussian_posterior():
     err = moment_errors(info["particles"][0], post.means[0], post.covs[0])
     print(f"\nafdps resample=True: {err}")
     assert err["mahalanobis"] < 0.4 and err["cov_rel"] < 0.35 and 0.7 < err["trace_ratio"] < 1.1
+
+
+def test_tds_paper_tau_is_in_the_network_units():
+    """A prior whose network sees ``k`` times our units (``data_scale = k``) with tau^2 is the
+    prior in our units with tau^2 / k^2: the twisting variance is converted once."""
+    prior, op, y, _ = gaussian_problem(seed=3, d=6, m=2, noise_std=0.5)
+
+    def scaled(x, sigma):
+        return prior(x, sigma)
+
+    scaled.shape, scaled.data_scale = prior.shape, 2.0
+    run = dict(noise_std=0.5, num_particles=16, paper=True)
+    _, a = sample_tds(scaled, op, y[None], sigmas_vp(20), generator=seeded(1), tausq=0.12, **run)
+    _, b = sample_tds(prior, op, y[None], sigmas_vp(20), generator=seeded(1), tausq=0.03, **run)
+    torch.testing.assert_close(a["log_weights"], b["log_weights"], rtol=1e-9, atol=1e-9)
