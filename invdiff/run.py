@@ -138,8 +138,10 @@ class Method:
         return SAMPLERS[self.sampler] if self.is_sampler else BASELINES[self.baseline]
 
     def sigmas(self, prior: Denoiser) -> Tensor:
-        """The noise schedule: ``steps`` steps over the prior's noise range unless ``schedule_params`` narrows it."""
-        params = {"sigma_min": prior.sigma_min, "sigma_max": prior.sigma_max, **self.schedule_params}
+        """The noise schedule: ``steps`` steps over the prior's noise range unless ``schedule_params``
+        narrows it; a discrete network grid (``"vp"``) in the prior's units (its ``data_scale``)."""
+        params = {"sigma_min": prior.sigma_min, "sigma_max": prior.sigma_max,
+                  "data_scale": getattr(prior, "data_scale", 1.0), **self.schedule_params}
         return make_sigmas(self.schedule, self.steps, **params)
 
 

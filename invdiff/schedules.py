@@ -53,34 +53,67 @@ def vp_sigmas(alphas_cumprod: Tensor) -> Tensor:
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
+SPACINGS = ("linspace", "uniform")
+
+
 def sigmas_vp(
-    n: int, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    n: int,
+    num_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    *,
+    spacing: str = "linspace",
+    data_scale: float = 1.0,
 ) -> Tensor:
-    r"""``n`` of DDPM's linear-β discrete timesteps, evenly spaced from the last (DDIM's
-    "uniform" skip, as DPS and DDS use), as sigmas, then 0. ``(n + 1,)``, float64."""
+    r"""``n`` of DDPM's linear-β discrete timesteps as sigmas, then 0. ``(n + 1,)``, float64.
+
+    Args:
+        n: the number of steps.
+        num_timesteps, beta_start, beta_end: the training schedule (DDPM's defaults).
+        spacing: ``"linspace"``: ``n`` timesteps evenly spaced from the last to the first,
+            rounded (``T - 1 ... 0``; every timestep for ``n = T``, as DPS's 1000-step DDPM
+            loop); ``"uniform"``: DDIM's uniform skip ``range(0, T, T // n)`` reversed, as DDS
+            and RED-Diff's official code (50 steps: ``980, 960, ..., 0``); when ``n`` does not
+            divide ``T`` that range has more than ``n`` entries (30: 31 steps), as there.
+        data_scale: the prior's :attr:`~invdiff.priors.base.Denoiser.data_scale` :math:`k`. The
+            grid is the *network's*; the caller's noise levels are it divided by :math:`k`, so
+            that the network is evaluated exactly on its timesteps (a prior mapping images in
+            ``[0, 1]`` onto ``[-1, 1]`` has :math:`k = 2`).
+    """
     if int(n) != n or not 1 <= n <= num_timesteps:
         raise ValueError(f"n: expected 1 <= n <= num_timesteps={num_timesteps}, got {n}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing: expected one of {SPACINGS}, got {spacing!r}")
+    if not data_scale > 0:
+        raise ValueError(f"data_scale: expected a positive number, got {data_scale}")
     sigmas = vp_sigmas(vp_alphas_cumprod(num_timesteps, beta_start, beta_end))
-    steps = torch.linspace(num_timesteps - 1, 0, n, dtype=torch.float64).round().long()
-    return _append_zero(sigmas[steps])
+    if spacing == "linspace":
+        steps = torch.linspace(num_timesteps - 1, 0, n, dtype=torch.float64).round().long()
+    else:
+        steps = torch.arange(0, num_timesteps, num_timesteps // n).flip(0)
+    return _append_zero(sigmas[steps] / data_scale)
 
 
 SCHEDULES = {"karras": sigmas_karras, "loglinear": sigmas_loglinear, "vp": sigmas_vp}
 
 
-def make_sigmas(name: str, steps: int, *, sigma_min: float, sigma_max: float, **params) -> Tensor:
+def make_sigmas(
+    name: str, steps: int, *, sigma_min: float, sigma_max: float, data_scale: float = 1.0, **params
+) -> Tensor:
     """The schedule ``name`` with ``steps`` steps; ``sigma_min``/``sigma_max`` (usually the
-    prior's range) apply to the schedules that take a range.
+    prior's range) apply to the schedules that take a range, ``data_scale`` (the prior's) to the
+    network's discrete grid of ``"vp"``.
 
     Args:
         name: a key of :data:`SCHEDULES`.
         steps: the number of sampler steps.
         sigma_min: the smallest nonzero sigma of range-based schedules.
         sigma_max: the largest sigma of range-based schedules.
+        data_scale: the prior's :attr:`~invdiff.priors.base.Denoiser.data_scale` (``"vp"`` only).
         **params: further arguments of the schedule function.
     """
     if name not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {name!r}")
     if name == "vp":
-        return sigmas_vp(steps, **params)
+        return sigmas_vp(steps, data_scale=data_scale, **params)
     return SCHEDULES[name](steps, sigma_min=sigma_min, sigma_max=sigma_max, **params)

@@ -51,6 +51,9 @@ class Denoiser(nn.Module):
         data_scale: the network's noise level per unit of the caller's,
             :math:`\sigma_{net} = k \sigma` (adapters that map the caller's data range onto the
             network's set it; 1 otherwise). Discrete schedules of the network are divided by it.
+        clip_range: ``(lo, hi)``, the range of the network's training images in the caller's
+            units (e.g. ``(0, 1)`` for an ADM checkpoint serving ``[0, 1]`` images), which DPS's
+            official code clamps :math:`\hat x_0` to; ``None`` when the prior does not declare one.
     """
 
     shape: tuple[int, int, int] | None = None
@@ -59,6 +62,7 @@ class Denoiser(nn.Module):
     size_multiple: int | None = 1
     source: str | None = None
     data_scale: float = 1.0
+    clip_range: tuple[float, float] | None = None
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         raise NotImplementedError

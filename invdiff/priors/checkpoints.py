@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,8 @@ from invdiff.priors.adm import ADM_CONFIGS, ADMUNet
 from invdiff.priors.base import Denoiser
 from invdiff.priors.unet import load_prior, require_safetensors
 from invdiff.schedules import vp_alphas_cumprod
+
+_A = TypeVar("_A", VPDenoiser, ScaledDenoiser)
 
 _SHOW = 5  # keys listed in a mismatch message
 
@@ -128,6 +131,13 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict[str, Tensor], pat
     module.load_state_dict(state_dict, strict=True)
 
 
+def _with_range(denoiser: _A, model_range: tuple[float, float]) -> _A:
+    """Record on ``denoiser`` the network's training range in the caller's units (``clip_range``)."""
+    lo, hi = ((v - denoiser.data_shift) / denoiser.data_scale for v in model_range)
+    denoiser.clip_range = (float(lo), float(hi))
+    return denoiser
+
+
 def _affine(data_range: tuple[float, float] | None, model_range: tuple[float, float]) -> dict[str, float]:
     if data_range is None:
         return {"data_scale": 1.0, "data_shift": 0.0}
@@ -188,7 +198,7 @@ def adm_denoiser(
         if data_range != "auto":
             raise ValueError(f"data_range: expected (low, high), None or 'auto', got {data_range!r}")
         data_range = None if cfg["in_channels"] == 2 else (0.0, 1.0)
-    return VPDenoiser(
+    denoiser = VPDenoiser(
         net,
         vp_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod,
         "eps",
@@ -196,6 +206,7 @@ def adm_denoiser(
         shape=(cfg["in_channels"], cfg["image_size"], cfg["image_size"]),
         **_affine(data_range, (-1.0, 1.0)),
     )
+    return _with_range(denoiser, (-1.0, 1.0))
 
 
 def _edm_archs() -> dict[str, type[nn.Module]]:
@@ -254,7 +265,7 @@ def load_edm(
     net.eval().requires_grad_(False)
     res = config.get("img_resolution")
     shape = (config.get("in_channels", 3), res, res) if res is not None else None
-    denoiser = ScaledDenoiser(net, shape=shape, **_affine(data_range, model_range))
+    denoiser = _with_range(ScaledDenoiser(net, shape=shape, **_affine(data_range, model_range)), model_range)
     denoiser.source = str(path)
     return denoiser
 
@@ -375,6 +386,7 @@ def load_diffusers(
         shape=shape,
         **_affine(data_range, (-1.0, 1.0)),
     )
+    _with_range(denoiser, (-1.0, 1.0))
     denoiser.source = str(folder)
     return denoiser
 

@@ -36,8 +36,8 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class AutocastDenoiser(Denoiser):
     """A denoiser evaluated under ``torch.autocast`` to bfloat16 or float16.
 
-    ``shape``, ``sigma_min``, ``sigma_max``, ``size_multiple`` and ``source`` are the wrapped
-    denoiser's; ``.to()`` moves it (it is a submodule).
+    ``shape``, ``sigma_min``, ``sigma_max``, ``size_multiple``, ``source``, ``data_scale`` and
+    ``clip_range`` are the wrapped denoiser's; ``.to()`` moves it (it is a submodule).
 
     Args:
         denoiser: the full-precision denoiser.
@@ -77,6 +77,14 @@ class AutocastDenoiser(Denoiser):
     @property
     def source(self) -> str | None:
         return self.denoiser.source
+
+    @property
+    def data_scale(self) -> float:
+        return getattr(self.denoiser, "data_scale", 1.0)
+
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        return getattr(self.denoiser, "clip_range", None)
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """``D(x, sigma)`` with the network in :attr:`dtype`.

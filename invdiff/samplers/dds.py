@@ -7,30 +7,42 @@ subspace around it (the paper's "tangent space" argument); then a DDIM step to
 :math:`\hat\epsilon = (x_t - \hat x_0)/\sigma_t` of the *unrefined* one. No gradient through the
 network, so it needs about 50 network evaluations and little memory, and linear operators only.
 
-What the official code (``HJ-harry/DDS``, ``solver_2d.py``, ``main.py``, ``utils.CG``) does, and
-what this follows:
+What the official code (``HJ-harry/DDS`` at ``509b140``, ``solver_2d.py``, ``main.py``,
+``utils.CG``) does, and what this follows:
 
-* 50 steps (``--T_sampling 50``, DDIM's uniform skip over 1000 VP timesteps, i.e.
-  ``sigmas_vp(50)``), ``--CG_iter 5`` CG steps, ``--eta 0.85``.
+* 50 steps (``--T_sampling 50``): DDIM's uniform skip, timesteps ``range(0, 1000, 20)`` reversed,
+  ``980, 960, ..., 0`` (``sigmas_vp(50, spacing="uniform")``), ``--CG_iter 5`` CG steps,
+  ``--eta 0.85``.
 * Data term: with ``sigma_y == 0`` CG on :math:`A^H A x = A^H y`; otherwise CG on
-  :math:`(I + \gamma A^H A) x = \hat x_0 + \gamma A^H y` with a fixed ``--gamma`` (default 1.0,
-  for images in ``[-1, 1]``), both from :math:`x = \hat x_0`.
+  :math:`(I + \gamma A^H A) x = \hat x_0 + \gamma A^H y` with a fixed ``--gamma`` (default 1.0),
+  both from :math:`x = \hat x_0`. :math:`\gamma` is the same number in the caller's units as in
+  the network's (for a linear map of the data range without shift, as for complex MRI images).
 * The step: ``c1 = sqrt(1 - abar_next) * eta``, ``c2 = sqrt(1 - abar_next) * sqrt(1 - eta**2)``,
   ``x_next = sqrt(abar_next) * x0_refined + c1 * z + c2 * eps``. This is *not* DDIM's
   :math:`\eta` (whose noise is :math:`\eta` times DDPM's): ``eta`` mixes fresh noise and
   :math:`\hat\epsilon` at the next level's full noise std. In VE form,
   :math:`x_{t-1} = x_0' + \sigma_{t-1}(\eta z + \sqrt{1-\eta^2}\,\hat\epsilon)`, which is what
   runs here, so the published ``eta = 0.85`` means the same thing.
+* The end: the step to ``t = 0`` returns the refined estimate without noise
+  (``xt_next = x0_t_hat`` when ``j == 0``), and one more step from ``t = 0`` to ``t = -1``
+  (:math:`\bar\alpha = 1`) evaluates the network there and refines once more.
+  ``denoise_last=True`` does this: the step to the schedule's last positive level puts the state
+  at the refined estimate (in VE units; the official VP state differs from it by the factor
+  :math:`\sqrt{\bar\alpha_0} = 1 - 5\cdot 10^{-5}`), and the step from there to 0 is the last.
 
-Choices here: an explicit ``gamma`` is always used (also for ``noise_std == 0``); without one,
-noiseless data (``noise_std == 0``) get the normal equations as in the official code, and noisy
-data a per-step :math:`\gamma_t = r_t^2 / s^2` with :math:`r_t^2 = \sigma_t^2/(1+\sigma_t^2)`,
-the variance of :math:`x_0` given :math:`x_t` for unit-variance data (as in ΠGDM). The refined
-estimate is then the posterior mean for a prior :math:`\mathcal N(\hat x_0, r_t^2 I)` and a
-Gaussian likelihood of std :math:`s`. Pass ``gamma=1.0`` for the official behaviour. The official
-loop (50 steps) outputs the refined estimate without noise on its step to ``t = 0`` and then takes
-one more step from ``t = 0``; here the schedule's last step to ``sigma = 0`` has
-:math:`c_1 = c_2 = 0` and plays that part.
+``sampler=dds_paper`` runs these settings. Our default differs in two ways, each justified by the
+batch benchmark in ``BENCHMARKS.md`` ("The papers' settings against ours"):
+
+* ``gamma=None``: noiseless data (``noise_std == 0``) get the normal equations as in the
+  official code, and noisy data a per-step :math:`\gamma_t = 2 w\, r_t^2` with
+  :math:`w` the likelihood weight (:func:`~invdiff.samplers.common.likelihood_weight`:
+  :math:`1/(2s^2)` for real, :math:`1/s^2` for complex measurements) and
+  :math:`r_t^2 = \sigma_t^2/(1 + \sigma_{n,t}^2)`, the variance of :math:`x_0` given :math:`x_t`
+  for data of unit variance in the network's units (:math:`\sigma_n = k \sigma`), as in ΠGDM. The
+  refined estimate is then the posterior mean for a prior :math:`\mathcal N(\hat x_0, r_t^2 I)` and
+  the Gaussian likelihood. An explicit ``gamma`` is always used (also for ``noise_std == 0``).
+* ``denoise_last=False``: the schedule's last step to ``sigma = 0`` has :math:`c_1 = c_2 = 0` and
+  plays the part of the final denoising step.
 
 Bias. DDS is not an exact posterior sampler, even with an exact denoiser and exact CG: the
 official step puts fresh noise around the *mean* estimate, and its weight on that estimate,
@@ -59,7 +71,9 @@ from invdiff.samplers.common import (
     check_sigmas,
     emit,
     initial_noise,
+    likelihood_weight,
     measurement_device_dtype,
+    network_sigma,
     posterior_shape,
     real_adjoint,
     ve_step,
@@ -75,9 +89,15 @@ def dds_coefficients(sigma_next: float, eta: float) -> tuple[float, float]:
     return eta * sigma_next, math.sqrt(1 - eta**2) * sigma_next
 
 
-def data_gamma(sigma: float, noise_std: float) -> float:
-    r""":math:`\gamma_t = \sigma_t^2 / ((1 + \sigma_t^2)\, s^2)`, the default weight for noisy data."""
-    return sigma**2 / ((1 + sigma**2) * noise_std**2)
+def data_gamma(sigma: float, weight: float, data_scale: float = 1.0) -> float:
+    r""":math:`\gamma_t = 2 w \sigma_t^2 / (1 + k^2 \sigma_t^2)`, the default weight for noisy data.
+
+    Args:
+        sigma: the noise level in the caller's units.
+        weight: the likelihood weight :math:`w` (:func:`~invdiff.samplers.common.likelihood_weight`).
+        data_scale: the prior's :math:`k` (network noise level per caller unit).
+    """
+    return 2 * weight * sigma**2 / (1 + (data_scale * sigma) ** 2)
 
 
 def sample_dds(
@@ -91,6 +111,7 @@ def sample_dds(
     cg_steps: int = 5,
     eta: float = 0.85,
     gamma: float | None = None,
+    denoise_last: bool = False,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
@@ -107,6 +128,8 @@ def sample_dds(
         eta: the share of fresh noise at each step (official form), in ``[0, 1]``.
         gamma: the data weight in :math:`(I + \gamma A^H A) x = \hat x_0 + \gamma A^H y`; ``None``
             picks the normal equations for ``noise_std == 0`` and :func:`data_gamma` otherwise.
+        denoise_last: the step to the last positive noise level returns the refined estimate
+            without noise, as the official loop (module docstring).
         shape: the shape of ``x``, ``(B, ...)``; default ``(B, *denoiser.shape)``, else
             ``op.AT(y).shape``.
         callback: called each step with ``i``, ``sigma``, ``x`` (the state at ``sigma``),
@@ -135,6 +158,8 @@ def sample_dds(
     shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
+    weight, k = likelihood_weight(y, noise_std), network_sigma(denoiser, 1.0)
+    last_positive = len(sigma_list) - 2 if sigma_list[-1] == 0 else len(sigma_list) - 1
     cg_residual, gamma_t = None, None
     with torch.no_grad():
         ATy = real_adjoint(op, y, shape, NAME)
@@ -147,7 +172,7 @@ def sample_dds(
                 gamma_t = None
                 x0, cg_info = conjugate_gradient(op.normal, ATy, x0_hat, max_iter=cg_steps)
             else:
-                gamma_t = gamma if gamma is not None else data_gamma(sigma, noise_std)
+                gamma_t = gamma if gamma is not None else data_gamma(sigma, weight, k)
                 x0, cg_info = conjugate_gradient(
                     lambda v, g=gamma_t: v + g * op.normal(v),
                     x0_hat + gamma_t * ATy,
@@ -156,9 +181,13 @@ def sample_dds(
                 )
             cg_residual = cg_info["residual"]
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, x0=x0)
-            # 3. DDIM step to sigma_next towards the refined estimate.
-            c1, c2 = dds_coefficients(sigma_next, eta)
-            x = ve_step(x0, eps, c1, c2, generator=generator)
+            # 3. DDIM step to sigma_next towards the refined estimate (the estimate itself on the
+            # official last step to t = 0).
+            if denoise_last and i + 1 == last_positive:
+                x = x0
+            else:
+                c1, c2 = dds_coefficients(sigma_next, eta)
+                x = ve_step(x0, eps, c1, c2, generator=generator)
             check_finite(x, NAME, i, sigma)
     info = {
         "nfe": len(sigma_list) - 1,
@@ -167,5 +196,6 @@ def sample_dds(
         "gamma": gamma_t,
         "eta": eta,
         "cg_steps": cg_steps,
+        "denoise_last": denoise_last,
     }
     return x, info

@@ -4,27 +4,39 @@ Each step takes the unconditional DDIM/ancestral step with the Tweedie estimate
 :math:`\hat x_0 = D(x, \sigma)`, then moves against the gradient, through the denoiser, of the
 per-sample residual norm :math:`\|y - \mathcal A(\hat x_0(x))\|`.
 
-Step size. The official code (``DPS2022/diffusion-posterior-sampling``,
+Step size. The official code (``DPS2022/diffusion-posterior-sampling`` at ``effbde7``,
 ``guided_diffusion/condition_methods.py``, ``PosteriorSampling``) works in variance-preserving
-coordinates and does ``x_{t-1} = DDPM(x_t) - scale * grad_{x_t} ||y - A(x0_hat)||`` (the norm,
-not its square), with ``scale`` set per task in its ``configs/*_config.yaml``. Since
-:math:`x^{ve} = \sqrt{1 + \sigma^2}\, x^{vp}` (:math:`\bar\alpha = 1/(1 + \sigma^2)`), the chain rule
-gives :math:`\nabla_{x^{vp}_t} = \sqrt{1+\sigma_t^2}\,\nabla_{x^{ve}_t}`, and the update, made at
-level :math:`t-1`, is rescaled by :math:`\sqrt{1+\sigma_{t-1}^2}` on the way back to VE:
+coordinates of the network's data and does ``x_{t-1} = DDPM(x_t) - scale * grad_{x_t} ||y - A(x0_hat)||``
+(the norm, not its square), with ``scale`` set per task in its ``configs/*_config.yaml``. With the
+network's noise level :math:`\sigma_n = k\sigma` (the prior's ``data_scale`` :math:`k`: images of
+the caller's range mapped onto the network's, :math:`x_n = k x + b`) and
+:math:`x_n = \sqrt{1 + \sigma_n^2}\, x^{vp}`, the chain rule gives
+:math:`\nabla_{x^{vp}_t} = \sqrt{1+\sigma_{n,t}^2}/k\;\nabla_{x_t}`; the official residual, of
+measurements of the network's images, is :math:`k` times ours (linear operators), and the update,
+made at level :math:`t-1`, is rescaled by :math:`\sqrt{1+\sigma_{n,t-1}^2}/k` on the way back:
 
 .. math::
-    x' \leftarrow x' - \zeta \sqrt{(1+\sigma^2)(1+\sigma'^2)}\;\nabla_x \|y - \mathcal A(\hat x_0(x))\|,
+    x' \leftarrow x' - \frac{\zeta}{k} \sqrt{(1+\sigma_n^2)(1+\sigma_n'^2)}\;\nabla_x \|y - \mathcal A(\hat x_0(x))\|,
 
-which tends to :math:`\zeta (1 + \sigma^2)` for fine steps. With this factor our ``zeta`` *is* the
-official ``scale``, so its published values carry over for priors trained on images in
-``[-1, 1]`` (the official configs, at the repository's last commit, use 0.3 for super-resolution,
-Gaussian, motion and nonlinear deblurring, 0.5 for inpainting and 1.0 for phase retrieval, all
-with Gaussian noise of std 0.05 and 1000 DDPM steps). The paper writes the step as
+which tends to :math:`\zeta (1 + \sigma_n^2)/k` for fine steps. With this factor our ``zeta`` *is*
+the official ``scale`` (for a nonlinear operator, with measurements of the caller's images), so
+its published values carry over (the official configs, at the commit above, use 0.3 for
+super-resolution, Gaussian, motion and nonlinear deblurring, 0.5 for inpainting and 1.0 for
+phase retrieval, all with Gaussian noise of std 0.05 and 1000 DDPM steps). The schedule is the
+network's grid in the caller's units (:func:`invdiff.schedules.sigmas_vp` with the prior's
+``data_scale``, which :meth:`invdiff.run.Method.sigmas` passes). The paper writes the step as
 :math:`\zeta_i \nabla \|y - \mathcal A(\hat x_0)\|^2` with
 :math:`\zeta_i = \zeta' / \|y - \mathcal A(\hat x_0)\|`;
 since :math:`\nabla\|r\|^2 = 2\|r\|\nabla\|r\|` that is ``zeta = 2 * zeta'``.
+
+The clamp. The official sampler runs with ``clip_denoised: True``: :math:`\hat x_0` is clamped to
+the network's range :math:`[-1, 1]` before both the DDPM posterior mean and the residual (the
+gradient flows through the clamp). ``clip="prior"`` does the same with the range the prior
+declares (``denoiser.clip_range``, in the caller's units: ``(0, 1)`` for an ADM checkpoint
+serving ``[0, 1]`` images); priors that declare none (the shipped ones) are not clamped.
+``sampler=dps_paper`` runs the official settings: 1000 steps, ``zeta`` 0.3-1.0 by task, the clamp.
 ``tests/samplers/test_reference.py`` checks this sampler against a transcription of the official
-VP loop, fed the same random numbers.
+VP loop on an ε-network behind ``data_range (0, 1)``, fed the same random numbers.
 
 The normalised step has the same length however small the residual, so it is tuned to the
 dimension: on low-dimensional test problems ``zeta = 1`` scatters the samples far beyond the
@@ -34,7 +46,8 @@ likelihood ignores the spread of :math:`x_0` given :math:`x_t`).
 Differences from the official code: the norm is per sample (a batch is independent problems;
 the official code takes one norm over the batch, which is the same for a batch of one); the
 ancestral variance is DDPM's :math:`\tilde\beta` (``eta = 1``), where the official FFHQ model
-uses its learned variance.
+uses its learned variance; our default does not clamp (``clip=None``), since the shipped priors
+declare no range.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ from invdiff.samplers.common import (
     check_sigmas,
     ddim_step,
     emit,
+    network_sigma,
     initial_noise,
     measurement_device_dtype,
     posterior_shape,
@@ -62,6 +76,21 @@ from invdiff.samplers.common import (
 from operators.base import Operator
 
 NAME = "sample_dps"
+
+
+def clip_range(clip: str | Sequence[float] | None, denoiser: Denoiser) -> tuple[float, float] | None:
+    """``clip`` as ``(lo, hi)`` or ``None``: ``"prior"`` reads ``denoiser.clip_range``."""
+    if clip is None:
+        return None
+    if isinstance(clip, str):
+        if clip != "prior":
+            raise ValueError(f"{NAME}: clip: expected None, 'prior' or (lo, hi), got {clip!r}")
+        clip = getattr(denoiser, "clip_range", None)
+        return None if clip is None else (float(clip[0]), float(clip[1]))
+    lo, hi = (float(v) for v in clip) if len(clip) == 2 else (math.nan, math.nan)
+    if not lo < hi:
+        raise ValueError(f"{NAME}: clip: expected (lo, hi) with lo < hi, got {clip!r}")
+    return lo, hi
 
 
 def sample_dps(
@@ -74,6 +103,7 @@ def sample_dps(
     generator: torch.Generator | None,
     zeta: float = 1.0,
     eta: float = 1.0,
+    clip: str | Sequence[float] | None = None,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
@@ -91,6 +121,9 @@ def sample_dps(
         generator: the source of all randomness.
         zeta: the official code's ``scale``.
         eta: 1 ancestral (DDPM, the paper's), 0 deterministic DDIM.
+        clip: clamp :math:`\hat x_0` before the step and the residual: ``None`` (no clamp),
+            ``"prior"`` (the official ``clip_denoised``: the prior's ``clip_range``, no clamp when
+            it declares none) or ``(lo, hi)`` in the caller's units.
         shape: the shape of ``x``, ``(B, ...)``; default ``(B, *denoiser.shape)``, else
             ``op.AT(y).shape`` for linear operators.
         callback: called each step with ``i``, ``sigma``, ``x`` (the state at ``sigma``),
@@ -99,12 +132,14 @@ def sample_dps(
     Returns:
         ``(x, info)``: samples of the shape above and ``info`` with ``nfe``, ``seconds``,
         ``residual_norm`` (``(B,)``, :math:`\|y - \mathcal A(\hat x_0)\|` at the last step),
-        ``zeta``, ``eta`` and ``noise_std``.
+        ``zeta``, ``eta``, ``clip`` (the range used, or ``None``) and ``noise_std``.
     """
     start = time.perf_counter()
     check_measurement(y, NAME)
     check_eta(eta, NAME)
     sigma_list = check_sigmas(sigmas)
+    clip = clip_range(clip, denoiser)
+    k = network_sigma(denoiser, 1.0)
     shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
@@ -114,6 +149,8 @@ def sample_dps(
             x_in = x.detach().requires_grad_(True)
             # 1. Tweedie estimate, keeping the graph back to x.
             x0_hat = denoiser(x_in, sigma)
+            if clip is not None:
+                x0_hat = x0_hat.clamp(*clip)
             # 2. Per-sample residual norm and its gradient through the denoiser.
             residual_norm = torch.linalg.vector_norm((y - op.A(x0_hat)).flatten(1), dim=1)
             (grad,) = torch.autograd.grad(residual_norm.sum(), x_in)
@@ -121,8 +158,9 @@ def sample_dps(
         emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, residual_norm=residual_norm)
         # 3. Unconditional DDIM/ancestral step.
         x_next = ddim_step(x, x0_hat, sigma, sigma_next, eta, generator=generator)
-        # 4. Guidance, in VE units of the official VP step.
-        x = x_next - zeta * math.sqrt((1 + sigma**2) * (1 + sigma_next**2)) * grad
+        # 4. Guidance, in VE units of the official VP step on the network's data.
+        sn, sn_next = k * sigma, k * sigma_next
+        x = x_next - zeta / k * math.sqrt((1 + sn**2) * (1 + sn_next**2)) * grad
         check_finite(x, NAME, i, sigma)
     info = {
         "nfe": len(sigma_list) - 1,
@@ -130,6 +168,7 @@ def sample_dps(
         "residual_norm": residual_norm,
         "zeta": zeta,
         "eta": eta,
+        "clip": clip,
         "noise_std": noise_std,
     }
     return x, info

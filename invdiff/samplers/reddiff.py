@@ -17,25 +17,40 @@ forward pass and any differentiable operator works. In the variance-exploding fo
 gradient :math:`\lambda \sigma (\hat\epsilon - \epsilon)` is a denoising residual: it pulls
 :math:`\mu` towards images the prior explains at every scale.
 
-What the official code (``NVlabs/RED-diff``, ``algos/reddiff.py``, ``_configs/algo/reddiff.yaml``)
-does, and what this follows: Adam with ``lr = 0.1``, betas (0.9, 0.99); the noise levels swept
-once from high to low (1000 steps; the paper also reports 100); :math:`\mu` initialised from the
-measurement (``H.H_pinv(y)``); no noise on :math:`\mu` (``sigma_x0 = 0``).
+What the official code (``NVlabs/RED-diff`` at ``66482f2``, ``algos/reddiff.py``,
+``_configs/algo/reddiff.yaml``) does, and what this follows: Adam with betas (0.9, 0.99); the noise
+levels swept once from high to low (1000 steps; the paper also reports 100); :math:`\mu`
+initialised from the measurement (``H.H_pinv(y)``); no noise on :math:`\mu` (``sigma_x0 = 0``).
 
-The weight :math:`\lambda`. The official losses are *means* over pixels and measurements with an
-``obs_weight`` of 1 and ``grad_term_weight`` :math:`\lambda = 0.25`, so the balance of the two
-terms ignores the noise level. Here the data term is the Gaussian negative log-likelihood
-:math:`\|r\|^2 / (2 s^2)` summed per sample, as the paper's derivation writes it, and the
-regulariser is summed too. The regulariser's expected gradient is about
-:math:`\lambda \sigma^2 \nabla(-\log p_\sigma(\mu))` (since :math:`\hat\epsilon \approx -\sigma \nabla \log p_\sigma`),
-so a prior as strong as Bayes' rule asks for at the scale :math:`\sigma_{ref}` that settles the
-details needs :math:`\lambda \approx 1 / \sigma_{ref}^2`. The default ``lam = 400``
-(:math:`\sigma_{ref} = 0.05`) was chosen on the default tasks from a scan (the best
-:math:`\lambda` was 300-1000 on ``mri``, whose noise std is 0.005, and 150-400 on ``ct``, 0.2):
-with it one value serves noise levels 40 times apart, which the official normalisation does not
-(its :math:`\lambda = 0.25` in our units is :math:`\lambda \approx 10^{-5}`-:math:`10^{-2}` depending on the task, far
-too weak here). Adam is invariant to the scale of the loss, so only the ratio of the two terms
-matters; ``data_weight`` replaces :math:`1/(2 s^2)`.
+Two weightings, by ``weighting``:
+
+* ``"paper"`` (``sampler=reddiff_paper``), the official loss: *means* over the image's pixels
+  and the measurement's entries,
+  ``loss = lam * snr_inv * mean((eps_hat - eps) * mu) + obs_weight * mean(r**2) / 2``, with
+  ``snr_inv`` :math:`= \sigma_n` (the network's noise level), ``grad_term_weight`` ``lam = 0.25``,
+  ``obs_weight = 1`` and the paper's learning rates of 0.25-0.5, all in the network's units. Here
+  the loss is that one written for the caller's :math:`\mu` (with :math:`\mu_n = k\mu + b`, a
+  residual :math:`k` times ours and :math:`\sigma_n = k\sigma`, both gradients are :math:`k^2`
+  times the official ones, so the same formula holds in our units), and the learning rate is
+  divided by :math:`k` so that Adam moves :math:`\mu_n` by the official ``lr`` (Adam ignores the
+  loss's scale). Complex residuals count
+  their real and imaginary parts as entries. The balance of the two terms then ignores the noise
+  level.
+* ``"likelihood"`` (the default): the data term is the Gaussian negative log-likelihood
+  :math:`w \|r\|^2` (:func:`~invdiff.samplers.common.likelihood_weight`: :math:`w = 1/(2s^2)` for
+  real, :math:`1/s^2` for complex measurements) summed per sample, as the paper's derivation writes
+  it, and the regulariser is summed too. The regulariser's expected gradient is about
+  :math:`\lambda \sigma^2 \nabla(-\log p_\sigma(\mu))` (since
+  :math:`\hat\epsilon \approx -\sigma \nabla \log p_\sigma`), so a prior as strong as Bayes' rule
+  asks for at the scale :math:`\sigma_{ref}` that settles the details needs
+  :math:`\lambda \approx 1 / \sigma_{ref}^2`. The default ``lam = 400``
+  (:math:`\sigma_{ref} = 0.05`) was chosen on the default tasks from a scan (the best
+  :math:`\lambda` was 300-1000 on ``mri``, whose noise std is 0.005, and 150-400 on ``ct``, 0.2):
+  one value serves noise levels 40 times apart. Matching the ratio of the two gradients, the
+  official weight corresponds to :math:`\lambda = \lambda_{official}\, n_y / (n_x s^2)` here
+  (real measurements; :math:`n_x`, :math:`n_y` the numbers of unknowns and measurements), which
+  moves with the noise level and the sampling rate: 0.25 becomes about 2000 on ``mri`` and 0.4
+  on ``ct``. ``data_weight`` replaces :math:`w`; ``lr = 0.1``, the official code's default.
 
 Each sample of the batch is its own problem (per-sample sums; Adam's statistics are per
 coordinate, so samples never couple). RED-Diff returns an optimised estimate, close to a
@@ -57,13 +72,16 @@ from invdiff.samplers.common import (
     check_measurement,
     check_sigmas,
     emit,
+    likelihood_weight,
     measurement_device_dtype,
+    network_sigma,
     posterior_shape,
 )
 from operators.base import LinearOperator, Operator
 
 NAME = "sample_reddiff"
 INITS = ("pinv", "adjoint", "prior_mean")
+WEIGHTINGS = ("likelihood", "paper")
 
 
 def initial_estimate(
@@ -95,6 +113,8 @@ def sample_reddiff(
     lr: float = 0.1,
     betas: tuple[float, float] = (0.9, 0.99),
     data_weight: float | None = None,
+    weighting: str = "likelihood",
+    obs_weight: float = 1.0,
     init: str | None = None,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
@@ -107,12 +127,17 @@ def sample_reddiff(
         y: the measurements, ``(B, ...)``; each sample is its own problem.
         sigmas: ``(n + 1,)`` descending noise levels; the positive ones are visited in order
             (one network evaluation each), e.g. ``sigmas_vp(1000)`` or ``sigmas_vp(100)``.
-        noise_std: the measurement noise std ``s``; the data term is :math:`\|r\|^2 / (2 s^2)`.
+        noise_std: the measurement noise std ``s``; the data term is :math:`w \|r\|^2` with the
+            likelihood weight :math:`w` (``weighting="likelihood"``).
         generator: the source of all randomness (the :math:`\epsilon` draws).
-        lam: the regulariser weight :math:`\lambda` (module docstring: about :math:`1/\sigma_{ref}^2`).
-        lr: Adam's learning rate.
+        lam: the regulariser weight :math:`\lambda` (module docstring: about :math:`1/\sigma_{ref}^2`
+            with the likelihood weighting, the official ``grad_term_weight`` with ``"paper"``).
+        lr: Adam's learning rate (in the network's units with ``"paper"``).
         betas: Adam's moment decay rates.
-        data_weight: the data term's weight; default :math:`1/(2 s^2)` (needed when ``s = 0``).
+        data_weight: the data term's weight with ``"likelihood"``; default the likelihood weight
+            :math:`w` (needed when ``s = 0``).
+        weighting: ``"likelihood"`` or ``"paper"`` (the official means, module docstring).
+        obs_weight: the official ``obs_weight`` (``"paper"`` only).
         init: ``"pinv"`` (default for linear operators), ``"adjoint"`` or ``"prior_mean"``
             (default for nonlinear ones).
         shape: the shape of ``x``, ``(B, ...)``.
@@ -121,17 +146,23 @@ def sample_reddiff(
 
     Returns:
         ``(mu, info)``: the estimate and ``info`` with ``nfe``, ``seconds``, ``residual_norm``
-        (``(B,)``, :math:`\|y - \mathcal A(\mu)\|` at the end), ``lam``, ``lr`` and ``data_weight``.
+        (``(B,)``, :math:`\|y - \mathcal A(\mu)\|` at the end), ``lam``, ``lr``, ``data_weight`` and ``weighting``.
     """
     start = time.perf_counter()
     check_measurement(y, NAME)
     sigma_list = check_sigmas(sigmas)
     if not noise_std >= 0:
         raise ValueError(f"{NAME}: noise_std: expected >= 0, got {noise_std}")
-    if data_weight is None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"{NAME}: weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+    k = network_sigma(denoiser, 1.0)
+    if weighting == "paper":
+        # the official mean losses: in the caller's mu both terms are k^2 times the network's
+        data_weight = obs_weight / 2
+    elif data_weight is None:
         if noise_std == 0:
             raise ValueError(f"{NAME}: data_weight: noise_std is 0, so give the data term's weight explicitly")
-        data_weight = 1.0 / (2 * noise_std**2)
+        data_weight = likelihood_weight(y, noise_std)
     if not data_weight > 0 or not lam >= 0 or not lr > 0:
         raise ValueError(f"{NAME}: expected data_weight > 0, lam >= 0 and lr > 0, got {data_weight}, {lam}, {lr}")
     shape = posterior_shape(op, y, shape, NAME)
@@ -146,7 +177,7 @@ def sample_reddiff(
             f"real {tuple(shape)}; compose a complex operator with RealToComplex()"
         )
     mu = mu0.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([mu], lr=lr, betas=betas)
+    optimizer = torch.optim.Adam([mu], lr=lr / k if weighting == "paper" else lr, betas=betas)
     positive = [s for s in sigma_list if s > 0]
     residual_norm = None
     for i, sigma in enumerate(positive):
@@ -161,6 +192,10 @@ def sample_reddiff(
             residual = (y - op.A(mu)).flatten(1)
             data = data_weight * residual.abs().square().sum(1)
             regulariser = lam * sigma * ((eps_hat - eps) * mu).flatten(1).sum(1)
+            if weighting == "paper":
+                n_y = residual.shape[1] * (2 if residual.is_complex() else 1)
+                data = data / n_y
+                regulariser = regulariser / mu[0].numel()
             optimizer.zero_grad(set_to_none=True)
             (data + regulariser).sum().backward()
         # 3. One Adam step on mu.
@@ -177,6 +212,7 @@ def sample_reddiff(
         "lam": lam,
         "lr": lr,
         "data_weight": data_weight,
+        "weighting": weighting,
         "init": init,
     }
     return mu.detach(), info

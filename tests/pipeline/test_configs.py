@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from invdiff.priors.base import Denoiser
+from invdiff.run import Method
 from invdiff.samplers import SAMPLERS
 from invdiff.schedules import SCHEDULES
 from invdiff.problems import Problem
@@ -146,10 +147,12 @@ def test_missing_checkpoint_says_which_file_and_where(prior, tmp_path):
 @pytest.mark.parametrize("sampler", _options("sampler"))
 def test_sampler_config_names_a_registered_sampler(sampler):
     cfg = _compose([f"sampler={sampler}"])
-    assert cfg.sampler.name in SAMPLERS
+    entry = OmegaConf.to_container(cfg.sampler, resolve=True)
+    name = entry.pop("name")
+    assert entry.get("sampler", name) in SAMPLERS  # a paper config names the sampler it configures
     assert cfg.sampler.schedule in SCHEDULES
     assert cfg.sampler.steps >= 1
-    OmegaConf.to_container(cfg.sampler.params, resolve=True)
+    Method.from_config(name, {"sampler": name, **entry}, where="sampler")  # params and schedule_params accepted
 
 
 @pytest.mark.parametrize("benchmark", _options("benchmark"))
