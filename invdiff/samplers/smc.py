@@ -13,8 +13,8 @@ problem-major, and no operation mixes particles of different problems. Registere
 
 **Twisted ensemble sampler** (:func:`sample_smc_ensemble`): a TDS-style twisted SMC without the
 network gradient, not the method of Chen, Ren, Min, Ying and Izzo (2025), which is
-:func:`sample_afdps`; it borrows that paper's idea of a gradient-free ensemble. Particles follow the reverse SDE of the prior
-plus a likelihood drift, carry weights that correct for the drift, and are resampled on low
+:func:`sample_afdps`; it borrows that paper's idea of a gradient-free ensemble. Particles follow
+the reverse SDE of the prior plus a likelihood drift, carry weights that correct for the drift, and are resampled on low
 ESS; one network evaluation per step and no gradient through the network. The path is tilted
 marginals :math:`q_u(x) \propto p_u(x)\, h_u(x)` with :math:`u = \sigma^2` (variance-exploding
 time), :math:`c_u = \sigma_d^2 / (\sigma_d^2 + u)` and :math:`v_u = s^2 + \kappa\, u\, c_u`, the
@@ -57,9 +57,9 @@ less variable. The tilts, the Gaussian-Jacobian drift and the step rules above a
 here from the derivation.
 
 **Twisted diffusion sampler** (:func:`sample_tds`; Wu, Trippe, Naesseth, Blei, Cunningham,
-NeurIPS 2023; official code ``blt2114/twisted_diffusion_sampler`` read at 5b6af53a6588c1bdd83d8604a8352fefdcad7d69,
-``image_exp/image_diffusion/feynman_kac_image_ddpm.py``), the established SMC sampler: the same twisting functions as
-the denoised tilt, :math:`\tilde p_k(y \mid x_k) = \mathcal N(y;\ \mathcal A(\hat x_0(x_k)),\ v_k I)`,
+NeurIPS 2023; official code ``blt2114/twisted_diffusion_sampler`` read at
+5b6af53a6588c1bdd83d8604a8352fefdcad7d69, ``image_exp/image_diffusion/feynman_kac_image_ddpm.py``),
+the established SMC sampler: the same twisting functions as the denoised tilt, :math:`\tilde p_k(y \mid x_k) = \mathcal N(y;\ \mathcal A(\hat x_0(x_k)),\ v_k I)`,
 but the proposal's shift is the exact gradient :math:`\nabla_{x_k} \log \tilde p_k`, through the
 network as in DPS (about three times the cost of a step and the memory of a backward pass); works
 with nonlinear operators. The default differs from the official code in three places (``paper=True``
@@ -70,7 +70,8 @@ twist; the official one moves the mean by :math:`(u - u') g`) and resampling is 
 official code resamples every step). ``data_std`` matters for both
 samplers: on the 25-mode Gaussian mixture of ``benchmark=gmm`` (per-coordinate std about 11) the
 default of 1 makes the twists far too sharp (ESS collapses, mode weights drift) and the prior's
-std brings both to the exact-sample floor.
+std brings both near the exact-sample floor on most problems; a nearly noiseless one (noise std
+3e-4) stays about 11-16x above it even at 1000 steps, as the final weights mis-weight its narrow modes.
 
 Complex measurements: the noise is circular with :math:`\mathbb E|n|^2 = s^2`, so the exact
 likelihood is :math:`\|y - A x\|^2 / s^2` and every tilt variance :math:`v_u` is per real component,
