@@ -35,8 +35,9 @@ gradient flows through the clamp). ``clip="prior"`` does the same with the range
 declares (``denoiser.clip_range``, in the caller's units: ``(0, 1)`` for an ADM checkpoint
 serving ``[0, 1]`` images); priors that declare none (the shipped ones) are not clamped.
 ``sampler=dps_paper`` runs the official settings: 1000 steps, ``zeta`` 0.3-1.0 by task, the clamp.
-``tests/samplers/test_reference.py`` checks this sampler against a transcription of the official
-VP loop on an ε-network behind ``data_range (0, 1)``, fed the same random numbers.
+``tests/samplers/test_fidelity.py`` checks this sampler against a transcription of the official
+VP loop with the clamp on an ε-network behind ``data_range (0, 1)``, fed the same random numbers
+(``tests/samplers/test_reference.py`` does the same without the clamp or the data range).
 
 The normalised step has the same length however small the residual, so it is tuned to the
 dimension: on low-dimensional test problems ``zeta = 1`` scatters the samples far beyond the

@@ -7,6 +7,8 @@ posterior variance, then ``x_t -= scale * grad_{x_prev} ||y - A(x0_hat)||``) and
 :math:`\bar\alpha = 1/(1 + \sigma^2)` and a model that sees ``x_vp / sqrt(abar)``. Our VE samplers,
 fed the same random numbers, must give the same samples: this checks the DPS step-size
 conversion :math:`\zeta\sqrt{(1+\sigma^2)(1+\sigma'^2)}` and the DDS step form.
+The official x̂₀ clamp, the network's data range and the papers' other settings
+(``sampler=*_paper``) are checked against the same kind of transcription in ``test_fidelity.py``.
 """
 
 from __future__ import annotations
