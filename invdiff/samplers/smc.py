@@ -587,6 +587,7 @@ def sample_tds(
 
 
 NAME_AFDPS = "sample_afdps"
+AFDPS_INTEGRATORS = ("euler", "conditioned")
 
 
 def sample_afdps(
@@ -600,6 +601,7 @@ def sample_afdps(
     num_particles: int = 16,
     resample: bool = False,
     ess_threshold: float = 0.5,
+    integrator: str = "euler",
     cg_steps: int = 100,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
@@ -637,6 +639,22 @@ def sample_afdps(
     only while :math:`2 (t - t') t\, \|\nabla^2 \mu_y\| < 2`: small noise or coarse steps at large
     :math:`\sigma` diverge (``FloatingPointError``).
 
+    ``integrator="conditioned"`` (ours) is a discretisation of the same stage II that is stable at
+    any step: the prior's ancestral kernel from :math:`t` to :math:`t'`,
+    :math:`\mathcal N(m, \tau I)` with :math:`m = x + (1 - t'^2/t^2)(D(x, t) - x)` and
+    :math:`\tau = (t^2 - t'^2)\, t'^2 / t^2`, conditioned on the tilt: :math:`x'` is drawn exactly
+    from :math:`\mathcal N(x'; m, \tau I)\, e^{-\mu_y(x')}` (perturb-and-solve, CG as in stage I)
+    and the weight is the exact importance ratio of the move,
+    :math:`\log w \mathrel{+}= \log Z(m) + \mu_y(x)` with
+    :math:`Z(m) = \int \mathcal N(x'; m, \tau I)\, e^{-\mu_y(x')}\, dx'`, evaluated (up to a
+    constant shared by all particles) as :math:`-\|\bar x - m\|^2 / (2\tau) - \mu_y(\bar x)` at the
+    conditioned mean :math:`\bar x`. To first order in :math:`t - t'` the move's drift is
+    :math:`H - v^2 \nabla\mu_y` and the log-weight's rate
+    :math:`\tfrac{v^2}{2}(\|\nabla\mu_y\|^2 - \Delta\mu_y) - H \cdot \nabla\mu_y`, the paper's;
+    the target path (the fixed tilt on the noisy state) is unchanged. The price is one more CG solve
+    per step and weights that still vary a lot while :math:`\tau \|A\|^2 / s^2 \gg 1`, so it wants
+    resampling (``resample=True``).
+
     Args:
         denoiser: the prior, :math:`D(x, \sigma)`.
         op: a :class:`~operators.base.LinearOperator`.
@@ -647,7 +665,9 @@ def sample_afdps(
         num_particles: particles per problem, ``N >= 2``.
         resample: resample on low ESS (Algorithm 1) instead of the released run without.
         ess_threshold: with ``resample``, the ESS fraction that triggers it.
-        cg_steps: CG iterations of the stage I draw.
+        integrator: ``"euler"`` (the paper's and the released stage II) or ``"conditioned"``
+            (the prior's kernel conditioned on the tilt, exact weights; above).
+        cg_steps: CG iterations of the stage I draw and of each conditioned step.
         shape: the shape of ``x`` per problem, ``(B, ...)``.
         callback: called each step with ``i``, ``sigma``, ``x``, ``x0_hat``, ``log_weights``, ``ess``.
 
@@ -661,6 +681,8 @@ def sample_afdps(
     name = NAME_AFDPS
     if not isinstance(op, LinearOperator):
         raise ValueError(f"{name}: op: expected a LinearOperator (stage I solves with its adjoint), got {op!r}")
+    if integrator not in AFDPS_INTEGRATORS:
+        raise ValueError(f"{name}: integrator: expected one of {AFDPS_INTEGRATORS}, got {integrator!r}")
     sigma_list, shape, device, dtype, _, ensemble = _prepare(
         name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, 1.0, None
     )
@@ -670,34 +692,60 @@ def sample_afdps(
     def grad_mu(x: Tensor) -> Tensor:
         return -2 * w * op.AT(ys - op.A(x))
 
-    with torch.no_grad():
-        # 1. Stage I: exact draw from N(0, rho^2 I) exp(-mu_y) by perturb-and-solve.
-        rho2 = sigma_list[0] ** 2
-        z = initial_noise(sigma_list[0], (ensemble.B * ensemble.N, *shape[1:]), generator=generator, device=device,
-                          dtype=dtype)
+    def mu(x: Tensor) -> Tensor:
+        return w * _sq_norm(ys - op.A(x))
+
+    def tilted_draw(center: Tensor, var: float, with_mean: bool) -> tuple[Tensor, Tensor | None, dict]:
+        """A draw from N(center, var I) exp(-mu_y) by perturb-and-solve, and its mean if asked."""
+        z = center + math.sqrt(var) * torch.randn(center.shape, generator=generator, device=device, dtype=dtype)
         eps_shape = torch.view_as_real(ys).shape if ys.is_complex() else ys.shape
         eps = torch.randn(eps_shape, generator=generator, device=device, dtype=dtype) * math.sqrt(0.5 / w)
         eps = torch.view_as_complex(eps) if ys.is_complex() else eps
-        rhs = z + 2 * w * rho2 * op.AT(ys + eps)
-        x, cg = conjugate_gradient(lambda v: v + 2 * w * rho2 * op.normal(v), rhs, z, max_iter=cg_steps, tol=1e-10)
+        c = 2 * w * var
+        rhs, start = z + c * op.AT(ys + eps), z
+        if with_mean:  # one CG run for the draw and the mean
+            rhs, start = torch.cat([rhs, center + c * op.AT(ys)]), torch.cat([z, center])
+        sol, cg = conjugate_gradient(lambda v: v + c * op.normal(v), rhs, start, max_iter=cg_steps, tol=1e-10)
+        if not with_mean:
+            return sol, None, cg
+        half = center.shape[0]
+        return sol[:half], sol[half:], {k: v[:half] for k, v in cg.items()}
+
+    with torch.no_grad():
+        # 1. Stage I: exact draw from N(0, rho^2 I) exp(-mu_y) by perturb-and-solve.
+        zeros = torch.zeros((ensemble.B * ensemble.N, *shape[1:]), device=device, dtype=dtype)
+        x, _, cg = tilted_draw(zeros, sigma_list[0] ** 2, with_mean=False)
         check_finite(x, name, 0, sigma_list[0])
         log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
         ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
         n = len(sigma_list) - 1
         for i, (t, t_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             dt = t - t_next
-            # 2. Prior drift H = v^2 score and the likelihood gradient at the noisy state.
             x0_hat = denoiser(x, t)
-            H = 2 * (x0_hat - x) / t
-            g = grad_mu(x)
             ess = effective_sample_size(log_w)
             ess_history.append(ess)
             emit(callback, i=i, sigma=t, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess)
-            # 3. Feynman-Kac weight at the left end; Euler-Maruyama step with drift H - v^2 grad mu.
-            rate = t * _sq_norm(g) - _dot(H, g)
-            log_w = log_w + dt * ensemble.grouped(rate).double()
-            noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-            x = x + dt * (H - 2 * t * g) + math.sqrt(2 * t * dt) * noise
+            if integrator == "euler":
+                # 2. Prior drift H = v^2 score and the likelihood gradient at the noisy state.
+                H = 2 * (x0_hat - x) / t
+                g = grad_mu(x)
+                # 3. Feynman-Kac weight at the left end; Euler-Maruyama step with drift H - v^2 grad mu.
+                rate = t * _sq_norm(g) - _dot(H, g)
+                log_w = log_w + dt * ensemble.grouped(rate).double()
+                noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+                x = x + dt * (H - 2 * t * g) + math.sqrt(2 * t * dt) * noise
+            else:
+                # 2'. The prior's ancestral kernel N(m, tau I), conditioned on the tilt; weight Z(m) / h(x).
+                u, u_next = t * t, t_next * t_next
+                m = x + (1 - u_next / u) * (x0_hat - x)
+                tau = (u - u_next) * u_next / u
+                mu_x = mu(x)
+                if tau > 0:
+                    x, mean, cg = tilted_draw(m, tau, with_mean=True)
+                    log_z = -_sq_norm(mean - m) / (2 * tau) - mu(mean)
+                else:  # the last step is deterministic: x' = m
+                    x, log_z = m, -mu(m)
+                log_w = log_w + ensemble.grouped(log_z + mu_x).double()
             check_finite(x, name, i, t)
             # 4. Algorithm 1: resample on low ESS (not after the last step).
             if resample and i < n - 1:
