@@ -31,7 +31,9 @@ iteration). Two tilts, by ``tilt``:
   denoiser's Jacobian replaced by its Gaussian-prior value :math:`c_u I`, so nothing is
   differentiated. The weights are the exact importance ratio of the move,
   :math:`w' = w\, p(x' \mid x)\, h_{u'}(x') / (q(x' \mid x)\, h_u(x))`, so the Jacobian
-  approximation costs variance, not bias; the last step uses the exact likelihood.
+  approximation costs variance, not bias; the last step uses the exact likelihood, with the last
+  kernel :math:`\mathcal N(D(x, \sigma_{min}), c_u u I)` drawn conditioned on it (``last_step``), so
+  that a likelihood sharper than the last noise level does not collapse the weights.
 * ``"state"``: :math:`h_u(x) = \mathcal N(y;\ c_u A x,\ v_u I)`, the tilt on the noisy state, in
   continuous time. Substituting :math:`p_u = q_u Z_u / h_u` into the heat equation
   :math:`\partial_u p_u = \tfrac12 \Delta p_u` gives a Fokker-Planck equation with a reaction
@@ -250,6 +252,59 @@ def _gaussian_tilt(u: float, noise_var: float, kappa: float, data_std: float | N
     return c, noise_var + kappa * u * c
 
 
+def _tilted_gaussian(
+    op: LinearOperator,
+    ys: Tensor,
+    weight: float,
+    center: Tensor,
+    var: float,
+    *,
+    generator: torch.Generator | None,
+    cg_steps: int,
+) -> tuple[Tensor, Tensor, dict]:
+    r"""A draw from :math:`\mathcal N(x; c, v I)\, e^{-w \|y - A x\|^2}` by perturb-and-solve, and the
+    log of its normaliser up to a constant shared by all particles.
+
+    :math:`z \sim \mathcal N(c, v I)` and :math:`\epsilon` of variance :math:`1/(2w)` per real
+    component, then CG on :math:`(I + 2 w v A^T A)\, x = z + 2 w v A^T (y + \epsilon)`; the mean
+    :math:`\bar x` solves the same system without the perturbations (one CG run for both), and
+    :math:`\log Z = -\|\bar x - c\|^2 / (2v) - w \|y - A \bar x\|^2` (the Gaussian integral's
+    determinant does not depend on :math:`c`).
+
+    Returns:
+        ``(x, log_z, cg)``: the draw, ``log_z`` ``(B,)`` and the draw's CG ``info``.
+    """
+    z = center + math.sqrt(var) * torch.randn(center.shape, generator=generator, device=center.device,
+                                              dtype=center.dtype)
+    eps_shape = torch.view_as_real(ys).shape if ys.is_complex() else ys.shape
+    eps = torch.randn(eps_shape, generator=generator, device=center.device, dtype=center.dtype)
+    eps = eps * math.sqrt(0.5 / weight)
+    eps = torch.view_as_complex(eps) if ys.is_complex() else eps
+    c = 2 * weight * var
+    rhs = torch.cat([z + c * op.AT(ys + eps), center + c * op.AT(ys)])
+    sol, cg = conjugate_gradient(lambda v: v + c * op.normal(v), rhs, torch.cat([z, center]), max_iter=cg_steps,
+                                 tol=1e-10)
+    half = center.shape[0]
+    x, mean = sol[:half], sol[half:]
+    log_z = -_sq_norm(mean - center) / (2 * var) - weight * _sq_norm(ys - op.A(mean))
+    return x, log_z, {k: v[:half] for k, v in cg.items()}
+
+
+LAST_STEPS = ("conditioned", "denoised")
+
+
+def _last_var(name: str, last_step: str, op: Operator, sigma_list: list[float], data_std: float | None) -> float | None:
+    r"""The variance :math:`r^2 = c_u u` of :math:`x_0` given :math:`x_u` at the last positive level
+    (a Gaussian prior of spread ``data_std``) for ``last_step="conditioned"``; ``None`` for
+    ``"denoised"`` or a nonlinear operator."""
+    if last_step not in LAST_STEPS:
+        raise ValueError(f"{name}: last_step: expected one of {', '.join(LAST_STEPS)}, got {last_step!r}")
+    if last_step == "denoised" or not isinstance(op, LinearOperator) or sigma_list[-1] != 0:
+        return None
+    u = sigma_list[-2] ** 2
+    return u * (1.0 if data_std is None else data_std**2 / (data_std**2 + u))
+
+
 Twist = Callable[[Tensor, float], tuple[Tensor, Tensor, Tensor]]
 
 
@@ -267,12 +322,21 @@ def _twisted_smc(
     generator: torch.Generator | None,
     callback: Callback | None,
     official_shift: bool = False,
+    last_var: float | None = None,
+    cg_steps: int = 100,
 ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
     r"""Twisted ancestral proposals with exact importance weights, from ``x`` at ``sigma_list[0]``.
 
     The proposal is the ancestral kernel :math:`\mathcal N(m, \tau I)` shifted by :math:`\tau g`, or
     with ``official_shift`` by :math:`(u - u') g` (the ancestral mean from the twisted estimate
     :math:`\hat x_0 + u g`, as TDS's code) and unshifted on the last step to :math:`\sigma = 0`.
+
+    The last step's ancestral kernel is the point :math:`D(x, \sigma_{min})`. With ``last_var``
+    (linear operators) it is :math:`\mathcal N(D(x, \sigma_{min}), r^2 I)` with
+    :math:`r^2` = ``last_var`` (the spread of :math:`x_0` given :math:`x_{\sigma_{min}}`), drawn
+    exactly conditioned on the likelihood (:func:`_tilted_gaussian`) and weighted by the likelihood's
+    integral over it: a likelihood sharper than :math:`\|A\| \sigma_{min}` then no longer
+    collapses the final weights onto a few particles.
 
     Args:
         twist: ``(x, sigma) -> (x0_hat, log_h, grad)``: the denoised estimate, the log-twist
@@ -303,6 +367,13 @@ def _twisted_smc(
             # 3. Twisted ancestral proposal.
             mean = x + (1 - u_next / u) * (x0_hat - x)
             var = (u - u_next) * u_next / u
+            if sigma_next == 0 and last_var:
+                # 3'. The last kernel N(D(x), last_var I), conditioned on the exact likelihood.
+                x, log_z, _ = _tilted_gaussian(op, ys, likelihood_weight(ys, noise_std), mean, last_var,
+                                               generator=generator, cg_steps=cg_steps)
+                check_finite(x, name, i, sigma)
+                log_w = log_w + ensemble.grouped(log_z - log_h).double()
+                break
             noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
             step = ((u - u_next) if u_next > 0 else 0.0) if official_shift else var
             x_next = mean + step * grad + math.sqrt(var) * noise
@@ -340,6 +411,7 @@ def sample_smc_ensemble(
     tilt: str = "denoised",
     kappa: float | None = None,
     data_std: float | None = 1.0,
+    last_step: str = "conditioned",
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
@@ -360,6 +432,10 @@ def sample_smc_ensemble(
         kappa: the variance inflation of the tilt; default :math:`\|A\|^2`.
         data_std: the prior's standard deviation per pixel :math:`\sigma_d` in :math:`c_u` and
             :math:`v_u`; ``None`` for :math:`c_u = 1`.
+        last_step: ``"conditioned"``: the last step draws :math:`x_0` from
+            :math:`\mathcal N(D(x, \sigma_{min}), c_u u\, I)` conditioned on the likelihood (CG; a
+            sharp likelihood keeps its particles); ``"denoised"``: :math:`x_0 = D(x, \sigma_{min})`,
+            weighted by the likelihood (``tilt="denoised"`` only).
         shape: the shape of ``x`` per problem, ``(B, ...)``; default ``(B, *denoiser.shape)``.
         callback: called each step with ``i``, ``sigma``, ``x`` (all particles), ``x0_hat``,
             ``log_weights`` ``(B, N)`` and ``ess`` ``(B,)``.
@@ -397,6 +473,7 @@ def sample_smc_ensemble(
         x, log_w, ess, resampled = _twisted_smc(
             name, twist, op, ys, noise_std, x, ensemble, sigma_list, ess_threshold=ess_threshold,
             generator=generator, callback=callback,
+            last_var=_last_var(name, last_step, op, sigma_list, data_std),
         )
     else:
         x, log_w, ess, resampled = _state_tilt_smc(
@@ -501,6 +578,7 @@ def sample_tds(
     data_std: float | None = 1.0,
     paper: bool = False,
     tausq: float = 0.12,
+    last_step: str = "conditioned",
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
@@ -540,6 +618,8 @@ def sample_tds(
             :math:`v_u = s^2 + \kappa u \sigma_d^2 / (\sigma_d^2 + u)`; ``None`` for :math:`s^2 + \kappa u`.
         paper: run the official TDS update (above); ``kappa`` and ``data_std`` are then unused.
         tausq: :math:`\tau^2` of the paper's twisting variance, in the network's units.
+        last_step: as :func:`sample_smc_ensemble`'s (linear operators; the official last step,
+            ``"denoised"``, with ``paper`` or a nonlinear operator).
         shape: the shape of ``x`` per problem, ``(B, ...)``.
         callback: called each step with ``i``, ``sigma``, ``x``, ``x0_hat``, ``log_weights``, ``ess``.
 
@@ -578,7 +658,7 @@ def sample_tds(
     x, log_w, ess, resampled = _twisted_smc(
         name, twist, op, ys, noise_std, x, ensemble, sigma_list,
         ess_threshold=math.inf if paper else ess_threshold, generator=generator, callback=callback,
-        official_shift=paper,
+        official_shift=paper, last_var=None if paper else _last_var(name, last_step, op, sigma_list, data_std),
     )
     return _finish(
         ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,
@@ -695,26 +775,10 @@ def sample_afdps(
     def mu(x: Tensor) -> Tensor:
         return w * _sq_norm(ys - op.A(x))
 
-    def tilted_draw(center: Tensor, var: float, with_mean: bool) -> tuple[Tensor, Tensor | None, dict]:
-        """A draw from N(center, var I) exp(-mu_y) by perturb-and-solve, and its mean if asked."""
-        z = center + math.sqrt(var) * torch.randn(center.shape, generator=generator, device=device, dtype=dtype)
-        eps_shape = torch.view_as_real(ys).shape if ys.is_complex() else ys.shape
-        eps = torch.randn(eps_shape, generator=generator, device=device, dtype=dtype) * math.sqrt(0.5 / w)
-        eps = torch.view_as_complex(eps) if ys.is_complex() else eps
-        c = 2 * w * var
-        rhs, start = z + c * op.AT(ys + eps), z
-        if with_mean:  # one CG run for the draw and the mean
-            rhs, start = torch.cat([rhs, center + c * op.AT(ys)]), torch.cat([z, center])
-        sol, cg = conjugate_gradient(lambda v: v + c * op.normal(v), rhs, start, max_iter=cg_steps, tol=1e-10)
-        if not with_mean:
-            return sol, None, cg
-        half = center.shape[0]
-        return sol[:half], sol[half:], {k: v[:half] for k, v in cg.items()}
-
     with torch.no_grad():
         # 1. Stage I: exact draw from N(0, rho^2 I) exp(-mu_y) by perturb-and-solve.
         zeros = torch.zeros((ensemble.B * ensemble.N, *shape[1:]), device=device, dtype=dtype)
-        x, _, cg = tilted_draw(zeros, sigma_list[0] ** 2, with_mean=False)
+        x, _, cg = _tilted_gaussian(op, ys, w, zeros, sigma_list[0] ** 2, generator=generator, cg_steps=cg_steps)
         check_finite(x, name, 0, sigma_list[0])
         log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
         ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
@@ -741,8 +805,7 @@ def sample_afdps(
                 tau = (u - u_next) * u_next / u
                 mu_x = mu(x)
                 if tau > 0:
-                    x, mean, cg = tilted_draw(m, tau, with_mean=True)
-                    log_z = -_sq_norm(mean - m) / (2 * tau) - mu(mean)
+                    x, log_z, cg = _tilted_gaussian(op, ys, w, m, tau, generator=generator, cg_steps=cg_steps)
                 else:  # the last step is deterministic: x' = m
                     x, log_z = m, -mu(m)
                 log_w = log_w + ensemble.grouped(log_z + mu_x).double()
