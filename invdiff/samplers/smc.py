@@ -32,8 +32,9 @@ iteration). Two tilts, by ``tilt``:
   differentiated. The weights are the exact importance ratio of the move,
   :math:`w' = w\, p(x' \mid x)\, h_{u'}(x') / (q(x' \mid x)\, h_u(x))`, so the Jacobian
   approximation costs variance, not bias; the last step uses the exact likelihood, with the last
-  kernel :math:`\mathcal N(D(x, \sigma_{min}), c_u u I)` drawn conditioned on it (``last_step``), so
-  that a likelihood sharper than the last noise level does not collapse the weights.
+  kernel :math:`\mathcal N(D(x, \sigma_{min}), c_u u I)` conditioned on it (``last_step``: the particle
+  moves to the conditioned mean), so that a likelihood sharper than the last noise level does not
+  collapse the weights.
 * ``"state"``: :math:`h_u(x) = \mathcal N(y;\ c_u A x,\ v_u I)`, the tilt on the noisy state, in
   continuous time. Substituting :math:`p_u = q_u Z_u / h_u` into the heat equation
   :math:`\partial_u p_u = \tfrac12 \Delta p_u` gives a Fokker-Planck equation with a reaction
@@ -261,6 +262,7 @@ def _tilted_gaussian(
     *,
     generator: torch.Generator | None,
     cg_steps: int,
+    draw: bool = True,
 ) -> tuple[Tensor, Tensor, dict]:
     r"""A draw from :math:`\mathcal N(x; c, v I)\, e^{-w \|y - A x\|^2}` by perturb-and-solve, and the
     log of its normaliser up to a constant shared by all particles.
@@ -269,18 +271,22 @@ def _tilted_gaussian(
     component, then CG on :math:`(I + 2 w v A^T A)\, x = z + 2 w v A^T (y + \epsilon)`; the mean
     :math:`\bar x` solves the same system without the perturbations (one CG run for both), and
     :math:`\log Z = -\|\bar x - c\|^2 / (2v) - w \|y - A \bar x\|^2` (the Gaussian integral's
-    determinant does not depend on :math:`c`).
+    determinant does not depend on :math:`c`). ``draw=False`` returns the mean in place of a draw.
 
     Returns:
-        ``(x, log_z, cg)``: the draw, ``log_z`` ``(B,)`` and the draw's CG ``info``.
+        ``(x, log_z, cg)``: the draw (or the mean), ``log_z`` ``(B,)`` and its CG ``info``.
     """
+    c = 2 * weight * var
+    if not draw:
+        mean, cg = conjugate_gradient(lambda v: v + c * op.normal(v), center + c * op.AT(ys), center,
+                                      max_iter=cg_steps, tol=1e-10)
+        return mean, -_sq_norm(mean - center) / (2 * var) - weight * _sq_norm(ys - op.A(mean)), cg
     z = center + math.sqrt(var) * torch.randn(center.shape, generator=generator, device=center.device,
                                               dtype=center.dtype)
     eps_shape = torch.view_as_real(ys).shape if ys.is_complex() else ys.shape
     eps = torch.randn(eps_shape, generator=generator, device=center.device, dtype=center.dtype)
     eps = eps * math.sqrt(0.5 / weight)
     eps = torch.view_as_complex(eps) if ys.is_complex() else eps
-    c = 2 * weight * var
     rhs = torch.cat([z + c * op.AT(ys + eps), center + c * op.AT(ys)])
     sol, cg = conjugate_gradient(lambda v: v + c * op.normal(v), rhs, torch.cat([z, center]), max_iter=cg_steps,
                                  tol=1e-10)
@@ -333,10 +339,13 @@ def _twisted_smc(
 
     The last step's ancestral kernel is the point :math:`D(x, \sigma_{min})`. With ``last_var``
     (linear operators) it is :math:`\mathcal N(D(x, \sigma_{min}), r^2 I)` with
-    :math:`r^2` = ``last_var`` (the spread of :math:`x_0` given :math:`x_{\sigma_{min}}`), drawn
-    exactly conditioned on the likelihood (:func:`_tilted_gaussian`) and weighted by the likelihood's
-    integral over it: a likelihood sharper than :math:`\|A\| \sigma_{min}` then no longer
-    collapses the final weights onto a few particles.
+    :math:`r^2` = ``last_var`` (an upper bound on the spread of :math:`x_0` given
+    :math:`x_{\sigma_{min}}`) conditioned on the likelihood: the particle moves to that Gaussian's
+    mean (:func:`_tilted_gaussian`; as the point kernel drops the spread of :math:`x_0` given
+    :math:`x_{\sigma_{min}}`, this drops the conditioned one, so no white noise of std
+    :math:`\sigma_{min}` lands on an image) and is weighted by the likelihood's integral over it. A
+    likelihood sharper than :math:`\|A\| \sigma_{min}` then no longer collapses the final weights
+    onto a few particles.
 
     Args:
         twist: ``(x, sigma) -> (x0_hat, log_h, grad)``: the denoised estimate, the log-twist
@@ -370,7 +379,7 @@ def _twisted_smc(
             if sigma_next == 0 and last_var:
                 # 3'. The last kernel N(D(x), last_var I), conditioned on the exact likelihood.
                 x, log_z, _ = _tilted_gaussian(op, ys, likelihood_weight(ys, noise_std), mean, last_var,
-                                               generator=generator, cg_steps=cg_steps)
+                                               generator=generator, cg_steps=cg_steps, draw=False)
                 check_finite(x, name, i, sigma)
                 log_w = log_w + ensemble.grouped(log_z - log_h).double()
                 break
@@ -432,10 +441,11 @@ def sample_smc_ensemble(
         kappa: the variance inflation of the tilt; default :math:`\|A\|^2`.
         data_std: the prior's standard deviation per pixel :math:`\sigma_d` in :math:`c_u` and
             :math:`v_u`; ``None`` for :math:`c_u = 1`.
-        last_step: ``"conditioned"``: the last step draws :math:`x_0` from
-            :math:`\mathcal N(D(x, \sigma_{min}), c_u u\, I)` conditioned on the likelihood (CG; a
-            sharp likelihood keeps its particles); ``"denoised"``: :math:`x_0 = D(x, \sigma_{min})`,
-            weighted by the likelihood (``tilt="denoised"`` only).
+        last_step: ``"conditioned"``: :math:`x_0` is the mean of
+            :math:`\mathcal N(D(x, \sigma_{min}), c_u u\, I)` conditioned on the likelihood (CG),
+            weighted by the likelihood's integral over that Gaussian (a sharp likelihood keeps its
+            particles); ``"denoised"``: :math:`x_0 = D(x, \sigma_{min})`, weighted by the
+            likelihood (``tilt="denoised"`` only).
         shape: the shape of ``x`` per problem, ``(B, ...)``; default ``(B, *denoiser.shape)``.
         callback: called each step with ``i``, ``sigma``, ``x`` (all particles), ``x0_hat``,
             ``log_weights`` ``(B, N)`` and ``ess`` ``(B,)``.
