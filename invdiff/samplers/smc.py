@@ -611,7 +611,8 @@ def sample_tds(
     the VP prior :math:`\mathcal N(0, 1)`, ours the VE :math:`\mathcal N(0, \sigma_{max}^2)`.
     ``paper=False`` (the default) is this module's variant: variance :math:`s^2 + \kappa u c_u`,
     shift :math:`\tau \nabla` (the exact ancestral posterior of a Gaussian twist), ESS-triggered
-    resampling.
+    resampling and, for linear operators, the last kernel conditioned on the likelihood
+    (``last_step``).
 
     Args:
         denoiser: the prior, :math:`D(x, \sigma)`; differentiable in ``x``.
