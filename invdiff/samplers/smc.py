@@ -246,54 +246,59 @@ def _noise_var(y: Tensor, noise_std: float) -> float:
     return 0.5 / likelihood_weight(y, noise_std)
 
 
+def _shrink(u: float, data_std: float | None) -> float:
+    r""":math:`c_u = \sigma_d^2 / (\sigma_d^2 + u)`, the posterior mean's shrinkage of a Gaussian prior of
+    spread ``data_std`` seen at noise variance :math:`u`; 1 for ``data_std=None``."""
+    return 1.0 if data_std is None else data_std**2 / (data_std**2 + u)
+
+
 def _gaussian_tilt(u: float, noise_var: float, kappa: float, data_std: float | None) -> tuple[float, float]:
     r""":math:`(c_u, v_u)`: the scale of the mean and the variance per real component of the tilts
     (module docstring); ``noise_var`` from :func:`_noise_var`."""
-    c = 1.0 if data_std is None else data_std**2 / (data_std**2 + u)
+    c = _shrink(u, data_std)
     return c, noise_var + kappa * u * c
 
 
-def _tilted_gaussian(
-    op: LinearOperator,
-    ys: Tensor,
-    weight: float,
-    center: Tensor,
-    var: float,
-    *,
-    generator: torch.Generator | None,
-    cg_steps: int,
-    draw: bool = True,
-) -> tuple[Tensor, Tensor, dict]:
-    r"""A draw from :math:`\mathcal N(x; c, v I)\, e^{-w \|y - A x\|^2}` by perturb-and-solve, and the
-    log of its normaliser up to a constant shared by all particles.
+def _tilted_solve(op: LinearOperator, c: float, rhs: Tensor, start: Tensor, cg_steps: int) -> tuple[Tensor, dict]:
+    """CG on :math:`(I + c A^T A)\, x = ` ``rhs`` from ``start``, to a relative residual of 1e-10."""
+    return conjugate_gradient(lambda v: v + c * op.normal(v), rhs, start, max_iter=cg_steps, tol=1e-10)
 
+
+def _tilted_draw(
+    op: LinearOperator, ys: Tensor, weight: float, center: Tensor, var: float, *,
+    generator: torch.Generator | None, cg_steps: int,
+) -> tuple[Tensor, dict]:
+    r"""A draw from :math:`\mathcal N(x; c, v I)\, e^{-w \|y - A x\|^2}` by perturb-and-solve:
     :math:`z \sim \mathcal N(c, v I)` and :math:`\epsilon` of variance :math:`1/(2w)` per real
-    component, then CG on :math:`(I + 2 w v A^T A)\, x = z + 2 w v A^T (y + \epsilon)`; the mean
-    :math:`\bar x` solves the same system without the perturbations (one CG run for both), and
-    :math:`\log Z = -\|\bar x - c\|^2 / (2v) - w \|y - A \bar x\|^2` (the Gaussian integral's
-    determinant does not depend on :math:`c`). ``draw=False`` returns the mean in place of a draw.
+    component, then CG on :math:`(I + 2 w v A^T A)\, x = z + 2 w v A^T (y + \epsilon)`.
 
     Returns:
-        ``(x, log_z, cg)``: the draw (or the mean), ``log_z`` ``(B,)`` and its CG ``info``.
+        ``(x, cg)``: the draw and its CG ``info``.
     """
-    c = 2 * weight * var
-    if not draw:
-        mean, cg = conjugate_gradient(lambda v: v + c * op.normal(v), center + c * op.AT(ys), center,
-                                      max_iter=cg_steps, tol=1e-10)
-        return mean, -_sq_norm(mean - center) / (2 * var) - weight * _sq_norm(ys - op.A(mean)), cg
     z = center + math.sqrt(var) * torch.randn(center.shape, generator=generator, device=center.device,
                                               dtype=center.dtype)
     eps_shape = torch.view_as_real(ys).shape if ys.is_complex() else ys.shape
     eps = torch.randn(eps_shape, generator=generator, device=center.device, dtype=center.dtype)
     eps = eps * math.sqrt(0.5 / weight)
     eps = torch.view_as_complex(eps) if ys.is_complex() else eps
-    rhs = torch.cat([z + c * op.AT(ys + eps), center + c * op.AT(ys)])
-    sol, cg = conjugate_gradient(lambda v: v + c * op.normal(v), rhs, torch.cat([z, center]), max_iter=cg_steps,
-                                 tol=1e-10)
-    half = center.shape[0]
-    x, mean = sol[:half], sol[half:]
-    log_z = -_sq_norm(mean - center) / (2 * var) - weight * _sq_norm(ys - op.A(mean))
-    return x, log_z, {k: v[:half] for k, v in cg.items()}
+    c = 2 * weight * var
+    return _tilted_solve(op, c, z + c * op.AT(ys + eps), z, cg_steps)
+
+
+def _tilted_mean(
+    op: LinearOperator, ys: Tensor, weight: float, center: Tensor, var: float, *, cg_steps: int
+) -> tuple[Tensor, Tensor]:
+    r"""The mean :math:`\bar x` of :math:`\mathcal N(x; c, v I)\, e^{-w \|y - A x\|^2}` (the draw's
+    system without the perturbations) and the log of its normaliser up to a constant shared by all
+    particles, :math:`\log Z = -\|\bar x - c\|^2 / (2v) - w \|y - A \bar x\|^2` (the Gaussian
+    integral's determinant does not depend on :math:`c`).
+
+    Returns:
+        ``(mean, log_z)``: ``log_z`` ``(B,)``.
+    """
+    c = 2 * weight * var
+    mean, _ = _tilted_solve(op, c, center + c * op.AT(ys), center, cg_steps)
+    return mean, -_sq_norm(mean - center) / (2 * var) - weight * _sq_norm(ys - op.A(mean))
 
 
 LAST_STEPS = ("conditioned", "denoised")
@@ -308,7 +313,7 @@ def _last_var(name: str, last_step: str, op: Operator, sigma_list: list[float], 
     if last_step == "denoised" or not isinstance(op, LinearOperator) or sigma_list[-1] != 0:
         return None
     u = sigma_list[-2] ** 2
-    return u * (1.0 if data_std is None else data_std**2 / (data_std**2 + u))
+    return u * _shrink(u, data_std)
 
 
 Twist = Callable[[Tensor, float], tuple[Tensor, Tensor, Tensor]]
@@ -341,7 +346,7 @@ def _twisted_smc(
     (linear operators) it is :math:`\mathcal N(D(x, \sigma_{min}), r^2 I)` with
     :math:`r^2` = ``last_var`` (an upper bound on the spread of :math:`x_0` given
     :math:`x_{\sigma_{min}}`) conditioned on the likelihood: the particle moves to that Gaussian's
-    mean (:func:`_tilted_gaussian`; as the point kernel drops the spread of :math:`x_0` given
+    mean (:func:`_tilted_mean`; as the point kernel drops the spread of :math:`x_0` given
     :math:`x_{\sigma_{min}}`, this drops the conditioned one, so no white noise of std
     :math:`\sigma_{min}` lands on an image) and is weighted by the likelihood's integral over it. A
     likelihood sharper than :math:`\|A\| \sigma_{min}` then no longer collapses the final weights
@@ -378,8 +383,7 @@ def _twisted_smc(
             var = (u - u_next) * u_next / u
             if sigma_next == 0 and last_var:
                 # 3'. The last kernel N(D(x), last_var I), conditioned on the exact likelihood.
-                x, log_z, _ = _tilted_gaussian(op, ys, likelihood_weight(ys, noise_std), mean, last_var,
-                                               generator=generator, cg_steps=cg_steps, draw=False)
+                x, log_z = _tilted_mean(op, ys, likelihood_weight(ys, noise_std), mean, last_var, cg_steps=cg_steps)
                 check_finite(x, name, i, sigma)
                 log_w = log_w + ensemble.grouped(log_z - log_h).double()
                 break
@@ -742,8 +746,8 @@ def sample_afdps(
     conditioned mean :math:`\bar x`. To first order in :math:`t - t'` the move's drift is
     :math:`H - v^2 \nabla\mu_y` and the log-weight's rate
     :math:`\tfrac{v^2}{2}(\|\nabla\mu_y\|^2 - \Delta\mu_y) - H \cdot \nabla\mu_y`, the paper's;
-    the target path (the fixed tilt on the noisy state) is unchanged. The price is one more CG solve
-    per step and weights that still vary a lot while :math:`\tau \|A\|^2 / s^2 \gg 1`, so it wants
+    the target path (the fixed tilt on the noisy state) is unchanged. The price is two CG solves per
+    step (the draw and the conditioned mean) and weights that still vary a lot while :math:`\tau \|A\|^2 / s^2 \gg 1`, so it wants
     resampling (``resample=True``).
 
     Args:
@@ -789,7 +793,7 @@ def sample_afdps(
     with torch.no_grad():
         # 1. Stage I: exact draw from N(0, rho^2 I) exp(-mu_y) by perturb-and-solve.
         zeros = torch.zeros((ensemble.B * ensemble.N, *shape[1:]), device=device, dtype=dtype)
-        x, _, cg = _tilted_gaussian(op, ys, w, zeros, sigma_list[0] ** 2, generator=generator, cg_steps=cg_steps)
+        x, cg = _tilted_draw(op, ys, w, zeros, sigma_list[0] ** 2, generator=generator, cg_steps=cg_steps)
         check_finite(x, name, 0, sigma_list[0])
         log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
         ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
@@ -816,7 +820,9 @@ def sample_afdps(
                 tau = (u - u_next) * u_next / u
                 mu_x = mu(x)
                 if tau > 0:
-                    x, log_z, cg = _tilted_gaussian(op, ys, w, m, tau, generator=generator, cg_steps=cg_steps)
+                    x_next, cg = _tilted_draw(op, ys, w, m, tau, generator=generator, cg_steps=cg_steps)
+                    _, log_z = _tilted_mean(op, ys, w, m, tau, cg_steps=cg_steps)
+                    x = x_next
                 else:  # the last step is deterministic: x' = m
                     x, log_z = m, -mu(m)
                 log_w = log_w + ensemble.grouped(log_z + mu_x).double()
