@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +100,14 @@ class Method:
             if self.baseline not in BASELINES:
                 raise ValueError(f"{where}.baseline: {self.baseline!r} is not one of {sorted(BASELINES)}")
             self._check_options(self.params, _options(BASELINES[self.baseline], 2), f"{where}.params", self.baseline)
+            self.params = _checked_values(self.params, BASELINES[self.baseline], f"{where}.params")
             return
         if self.sampler not in SAMPLERS:
             raise ValueError(f"{where}.sampler: {self.sampler!r} is not one of {sorted(SAMPLERS)}")
         self._check_options(self.params, _options(SAMPLERS[self.sampler], 4, _PASSED), f"{where}.params",
                             self.sampler)
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"{where}.steps: expected a positive integer, got {self.steps!r}")
-        self.steps = int(self.steps)
+        self.params = _checked_values(self.params, SAMPLERS[self.sampler], f"{where}.params")
+        self.steps = _integer(self.steps, f"{where}.steps", minimum=1)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"{where}.schedule: {self.schedule!r} is not one of {sorted(SCHEDULES)}")
         self._check_options(self.schedule_params, _options(SCHEDULES[self.schedule], 1),
@@ -143,6 +146,44 @@ class Method:
         params = {"sigma_min": prior.sigma_min, "sigma_max": prior.sigma_max,
                   "data_scale": getattr(prior, "data_scale", 1.0), **self.schedule_params}
         return make_sigmas(self.schedule, self.steps, **params)
+
+
+def _integer(value, where: str, *, minimum: int = 0) -> int:
+    """``value`` as an ``int`` if it is a whole number ``>= minimum`` (``30`` or ``30.0``), else a
+    ``ValueError`` naming ``where``."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and math.isfinite(value)
+                                                    and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{where}: expected {kind}, got {value!r}")
+    return int(value)
+
+
+def _checked_values(params: Mapping, fn: Callable, where: str) -> dict:
+    """``params`` with each value checked against the type its option declares in ``fn``'s signature.
+
+    An ``int`` option takes a whole number ``>= 0``, a ``float`` option a finite real number and a
+    ``bool`` option a boolean, each also ``None`` where the annotation allows it; other options
+    pass through (the method checks them). This runs when a method is built, so a value such as
+    ``max_iter=nan`` stops a run before any work rather than failing every slice.
+    """
+    declared = inspect.signature(fn).parameters
+    checked = dict(params)
+    for name, value in params.items():
+        annotation = declared[name].annotation if name in declared else inspect.Parameter.empty
+        kinds = {k.strip() for k in str(annotation).split("|")} if isinstance(annotation, str) else set()
+        if value is None and "None" in kinds:
+            continue
+        key = f"{where}.{name}"
+        if "int" in kinds and "float" not in kinds:
+            checked[name] = _integer(value, key)
+        elif "float" in kinds and "int" not in kinds:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{key}: expected a finite number, got {value!r}")
+            checked[name] = float(value)
+        elif kinds == {"bool"} and not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+    return checked
 
 
 def _generator_on(generator: torch.Generator, device: torch.device) -> torch.Generator:
@@ -196,6 +237,7 @@ def run_method(
             raise ValueError(f"{method.name}: the sampler {method.sampler!r} needs a prior")
         shape = problem.x_shape
         size = tuple(prior.input_size(shape))
+        _warn_below_training_size(prior, shape)
         if size != shape[-2:]:
             op = op @ CenterCrop(size, shape[-2:])
         denoiser = with_precision(prior.to(device), precision)
@@ -208,6 +250,23 @@ def run_method(
             x = CenterCrop(size, shape[-2:]).A(x)
     info = {**info, "nfe": int(info.get("nfe", 0)), "seconds": time.perf_counter() - start}
     return x.detach().cpu(), info
+
+
+SMALL_FRACTION = 0.5
+"""A network prior run on an image with a side below this fraction of its training size warns."""
+
+
+def _warn_below_training_size(prior: Denoiser, x_shape: tuple[int, ...]) -> None:
+    """Warn when a convolutional prior runs far below the size it was trained at: it has learnt
+    structure at its training scale and may do worse there than a classical method."""
+    if prior.shape is None or prior.size_multiple is None:
+        return
+    trained = tuple(int(s) for s in prior.shape[1:])
+    if any(s < SMALL_FRACTION * t for s, t in zip(x_shape[-2:], trained)):
+        warnings.warn(
+            f"{prior._name()}: trained at {trained[0]} x {trained[1]}, run on {x_shape[-2]} x {x_shape[-1]}, "
+            f"less than {SMALL_FRACTION:g} of its training size in a dimension; expect it to do worse than at "
+            f"its own scale (compare with the classical baseline)", stacklevel=3)
 
 
 def baseline_method(problem: Problem) -> Method:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,16 +25,42 @@ from operators.base import RealToComplex
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def data_folder(folder: str | Path, *, writing: bool = True) -> Path:
+    """``folder`` under the data root, created when missing, with errors that name it.
+
+    The data root comes from ``data_root=`` or the ``INVDIFF_DATA`` environment variable; a
+    root that is a file, a folder that cannot be created, or (``writing``) one that cannot be
+    written is a ``ValueError`` that names the path, so that it reads well through Hydra, which
+    shows an ``OSError`` without its file name.
+    """
+    folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"data_root: {blocker} is a file, not a folder; set INVDIFF_DATA or data_root=<folder> "
+                         f"to a writable folder for the generated data")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"data_root: cannot create {folder} ({err.strerror}); set INVDIFF_DATA or "
+                         f"data_root=<folder> to a writable folder") from err
+    if writing and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"data_root: {folder} is not writable; set INVDIFF_DATA or data_root=<folder> "
+                         f"to a writable folder")
+    return folder
+
+
 def build_dataset(
     folder: Path, make: Callable[[str], Tensor], info: dict, *, splits=SPLIT_NAMES, dtype=np.float16
 ) -> Path:
     """Write ``make(split)`` into ``folder`` for each of ``splits`` that is not there yet."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for split in splits:
         if split not in SPLIT_NAMES:
             raise ValueError(f"splits: expected names among {SPLIT_NAMES}, got {split!r}")
-        if (folder / f"{split}.npy").is_file():
+    missing = [s for s in splits if not (folder / f"{s}.npy").is_file()]
+    data_folder(folder, writing=bool(missing) or not (folder / "info.json").is_file())
+    for split in splits:
+        if split not in missing:
             continue
         images = make(split)
         if images.is_complex():
@@ -336,15 +363,14 @@ def mri_brain_fastmri(
         root, split=split, size=size, coils=coils, slab=slab, oversample_readout=oversample_readout,
         noise_std=noise_std, seed=seed, width=width, acceleration=acceleration, single_coil=single_coil,
     )
-    folder.mkdir(parents=True, exist_ok=True)
     maps_all = tissue_maps(split, size)
+    starts = range(0, maps_all.shape[0] - slab + 1, slab)
+    paths = [folder / f"brain_{split}_{v:03d}.h5" for v in range(len(starts))]
+    data_folder(folder, writing=not all(p.is_file() for p in paths))
     height = 2 * size if oversample_readout else size
     if not single_coil:
         sens = torch.from_numpy(sigpy.mri.birdcage_maps((coils, height, width))).to(torch.complex64)
-    paths = []
-    for v, start in enumerate(range(0, maps_all.shape[0] - slab + 1, slab)):
-        path = folder / f"brain_{split}_{v:03d}.h5"
-        paths.append(path)
+    for v, (start, path) in enumerate(zip(starts, paths)):
         if path.is_file():
             continue
         g = torch.Generator().manual_seed(seed * 1000 + v)
