@@ -73,6 +73,8 @@ def check_tensor(
         ndim: the required number of dimensions.
         shape: the required trailing shape; ``None`` entries match any size.
         complex_: ``True`` requires a complex dtype, ``False`` a real floating dtype.
+
+    Every tensor must also be non-empty: a batch of 0 samples, 0 coils or 0 pixels is an error.
     """
     if not isinstance(x, Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -87,6 +89,28 @@ def check_tensor(
         raise ValueError(f"{name}: expected a complex tensor, got dtype {x.dtype}")
     if complex_ is False and not x.is_floating_point():
         raise ValueError(f"{name}: expected a real floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(
+            f"{name}: expected a non-empty tensor (every dimension at least 1), got shape {tuple(x.shape)}"
+        )
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Raise a ``ValueError`` naming ``name`` when ``x`` holds NaN or infinite values.
+
+    One reduction and one host synchronisation per call; the bad values are counted only when
+    there are some. Complex tensors are checked on both parts.
+
+    Args:
+        x: the tensor to check.
+        name: the argument name used in the message.
+    """
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name}: contains {bad} NaN or infinite values (of {x.numel()}); they would spread to "
+            f"every result, so replace them (e.g. torch.nan_to_num) or mask them out first"
+        )
 
 
 def _move(value, device, dtype):
@@ -165,10 +189,12 @@ class LinearOperator(Operator):
         r"""Minimum-norm least-squares solution :math:`\arg\min_x \|A x - y\|`.
 
         The default runs conjugate gradient on the normal equations from zero, which converges
-        to the minimum-norm solution; operators with a closed form override it.
+        to the minimum-norm solution; operators with a closed form override it. Every ``pinv``
+        raises a ``ValueError`` for a ``y`` holding NaN or infinite values.
         """
         from operators.cg import conjugate_gradient
 
+        check_finite(y, "y")
         x, _ = conjugate_gradient(self.normal, self.AT(y), max_iter=max_iter, tol=tol)
         return x
 
@@ -287,6 +313,7 @@ class Identity(LinearOperator):
         return y
 
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
+        check_finite(y, "y")
         return y
 
     def __repr__(self) -> str:
@@ -314,6 +341,7 @@ class Multiply(LinearOperator):
         return cast_like(self.weights, x).abs().square() * x
 
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
+        check_finite(y, "y")
         w = cast_like(self.weights, y)
         safe = torch.where(w != 0, w, torch.ones_like(w))
         return torch.where(w != 0, y / safe, torch.zeros_like(y))
@@ -350,6 +378,7 @@ class RealToComplex(LinearOperator):
         return x
 
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
+        check_finite(y, "y")
         return self.AT(y)
 
     def __repr__(self) -> str:
@@ -405,6 +434,7 @@ class CenterCrop(LinearOperator):
         return torch.nn.functional.pad(x[..., self._rows, self._cols], self._pad)
 
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
+        check_finite(y, "y")
         return self.AT(y)
 
     def __repr__(self) -> str:

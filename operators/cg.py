@@ -3,14 +3,21 @@ r"""Batched conjugate gradient for Hermitian positive (semi-)definite systems.
 Each sample in the batch is its own system: inner products reduce over all dimensions but the
 first, so samples never couple, and a sample stops updating once its relative residual meets
 the tolerance. A batch therefore gives the same result as solving its samples one by one.
+
+Non-finite input is an error, never a converged solution: NaN compares false with every
+threshold, so a NaN residual would otherwise read as "converged after 0 iterations".
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from operators.base import check_finite, check_tensor
 
 
 def batch_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -30,27 +37,42 @@ def conjugate_gradient(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     r"""Solve :math:`A x = b` per sample for Hermitian positive-definite ``A``.
 
+    A sample whose search direction has curvature :math:`p^H A p \le 0` (``A`` not positive
+    definite along ``p``: indefinite, or singular with ``b`` outside its range) stops at its
+    last iterate and is flagged in ``info["breakdown"]``; its ``residual`` stays above ``tol``.
+
     Args:
         A: the linear map, batch-first, real or complex (e.g. ``op.normal`` or
             ``lambda x: x + gamma * op.normal(x)``).
-        b: right-hand side, ``(B, ...)``.
-        x0: initial guess, shape of ``b``; zeros when omitted.
+        b: right-hand side, ``(B, ...)``, finite.
+        x0: initial guess, shape of ``b``, finite; zeros when omitted.
         max_iter: the most iterations (each costs one application of ``A``).
         tol: a sample stops once :math:`\|b - A x\| \le \text{tol}\,\|b\|`.
 
     Returns:
-        ``(x, info)``: the solution and ``info`` with per-sample ``iterations`` (int, ``(B,)``)
-        and ``residual`` (relative residual norm, ``(B,)``).
+        ``(x, info)``: the solution and ``info`` with per-sample ``iterations`` (int, ``(B,)``),
+        ``residual`` (relative residual norm, ``(B,)``) and ``breakdown`` (bool, ``(B,)``, the
+        samples stopped by non-positive curvature).
+
+    Raises:
+        ValueError: ``b`` or ``x0`` is empty or holds NaN or infinite values, or ``max_iter`` or
+            ``tol`` is out of range.
+        FloatingPointError: ``A`` returned NaN or infinite values (naming the samples).
     """
-    if max_iter < 0:
-        raise ValueError(f"max_iter: expected a non-negative integer, got {max_iter}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
+        raise ValueError(f"max_iter: expected a non-negative integer, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 <= tol < math.inf:
+        raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+    check_tensor(b, "b")
     if x0 is not None and x0.shape != b.shape:
         raise ValueError(f"x0: expected the shape of b {tuple(b.shape)}, got {tuple(x0.shape)}")
+    check_finite(b, "b")
     view = (-1,) + (1,) * (b.ndim - 1)
     if x0 is None:
         x = torch.zeros_like(b)
         r = b
     else:
+        check_finite(x0, "x0")
         x = x0
         r = b - A(x0)
     p = r
@@ -58,22 +80,34 @@ def conjugate_gradient(
     b_norm = batch_dot(b, b).sqrt()
     threshold = tol * b_norm
     active = rr.sqrt() > threshold
+    breakdown = torch.zeros_like(active)
     iterations = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
     for _ in range(max_iter):
         if not bool(active.any()):
             break
         Ap = A(p)
-        # 1. Step length along p; frozen samples take a zero step.
         pAp = batch_dot(p, Ap)
+        # 1. A sample without positive curvature along p stops here; a NaN curvature goes on
+        # and makes its residual NaN, reported after the loop.
+        stalled = active & (pAp <= 0)
+        breakdown = breakdown | stalled
+        active = active & ~stalled
+        # 2. Step length along p; frozen samples take a zero step.
         alpha = torch.where(active, rr / torch.where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rr))
         x = x + alpha.view(view).to(x.dtype) * p
         r = r - alpha.view(view).to(r.dtype) * Ap
-        # 2. New conjugate direction.
+        # 3. New conjugate direction.
         rr_new = batch_dot(r, r)
         beta = torch.where(active, rr_new / torch.where(active, rr, torch.ones_like(rr)), torch.zeros_like(rr))
         p = r + beta.view(view).to(p.dtype) * p
         iterations = iterations + active.long()
         rr = torch.where(active, rr_new, rr)
         active = active & (rr.sqrt() > threshold)
+    if not bool(torch.isfinite(rr).all()):
+        bad = (~torch.isfinite(rr)).nonzero().flatten()
+        raise FloatingPointError(
+            f"conjugate_gradient: A returned NaN or infinite values for samples {bad.tolist()} "
+            f"(after {iterations[bad].tolist()} iterations); check the operator and its buffers"
+        )
     residual = rr.sqrt() / b_norm.clamp_min(torch.finfo(b_norm.dtype).tiny)
-    return x, {"iterations": iterations, "residual": residual}
+    return x, {"iterations": iterations, "residual": residual, "breakdown": breakdown}

@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from operators.base import LinearOperator, check_tensor
+from operators.base import LinearOperator, check_finite, check_tensor
 
 _WORK_ELEMENTS = 2**19
 """Default work size of one angle chunk, in elements of the largest per-chunk tensor."""
@@ -758,12 +758,17 @@ def fbp(sinogram: Tensor, op: ParallelBeamCT | FanBeamCT, filter: str = "ramp") 
 
     Returns:
         ``(B, C, H, W)`` reconstructions, same dtype as ``sinogram``.
+
+    Raises:
+        ValueError: ``op`` or ``filter`` is not one of the above, or ``sinogram`` has the wrong
+            shape or holds NaN or infinite values.
     """
     if not isinstance(op, (ParallelBeamCT, FanBeamCT)):
         raise ValueError(f"op: expected a ParallelBeamCT or FanBeamCT, got {type(op).__name__}")
     if filter not in FILTERS:
         raise ValueError(f"filter: expected one of {sorted(FILTERS)}, got {filter!r}")
     check_tensor(sinogram, "sinogram", ndim=4, shape=op.sinogram_shape, complex_=False)
+    check_finite(sinogram, "sinogram")
     if isinstance(op, ParallelBeamCT):
         # 1. Ramp filter per view, 2. angular quadrature weights, 3. matched back-projection.
         weights = angular_weights(op.angles, math.pi).to(device=sinogram.device, dtype=sinogram.dtype)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, cast_like, check_tensor
+from operators.base import LinearOperator, cast_like, check_finite, check_tensor
 
 
 def _check_shape(shape, name: str = "shape") -> tuple[int, int]:
@@ -57,6 +57,7 @@ class Inpainting(LinearOperator):
 
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         m = self._mask(y, "y")
+        check_finite(y, "y")
         observed = m != 0
         return torch.where(observed, y / torch.where(observed, m, torch.ones_like(m)), torch.zeros_like(y))
 

@@ -33,7 +33,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, cast_like, check_tensor
+from operators.base import LinearOperator, cast_like, check_finite, check_tensor
 
 
 def fft2c(x: Tensor) -> Tensor:
@@ -195,6 +195,7 @@ class SingleCoilMRI(LinearOperator):
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         r""":math:`\mathcal F_c^{-1}(y / m)` where :math:`m \ne 0` and zero elsewhere (closed form)."""
         self._check(y, "y")
+        check_finite(y, "y")
         v = self._sampling.pinv_weights()
         return self._sampling._adjoint(y, v).mul_(cast_like(self._pre, y).conj())
 

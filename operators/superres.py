@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, check_tensor, real_dtype
+from operators.base import LinearOperator, check_finite, check_tensor, real_dtype
 
 KERNELS = ("box", "bicubic", "gaussian")
 
@@ -140,6 +140,7 @@ class SuperResolution(LinearOperator):
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         r""":math:`A^T (A A^T)^{+} y` in closed form (replication for the box kernel)."""
         self._check_y(y)
+        check_finite(y, "y")
         q = self._gram_spectrum(*y.shape[-2:], y)
         keep = q > self.rcond * q.max()
         q_inv = torch.where(keep, 1.0 / torch.where(keep, q, torch.ones_like(q)), torch.zeros_like(q))

@@ -1,0 +1,135 @@
+"""Hostile input to the operators: NaN, infinities, empty batches, bad buffers, half precision.
+
+Each case is one bad input a careless or hostile user gives; each must end in an error that
+names the argument (or, for half precision, in a correct result), never in a silent garbage
+result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from operators import (
+    CenterCrop,
+    Identity,
+    Inpainting,
+    Matrix,
+    MultiCoilMRI,
+    Multiply,
+    ParallelBeamCT,
+    RealToComplex,
+    SingleCoilMRI,
+    SuperResolution,
+    conjugate_gradient,
+)
+
+pytestmark = pytest.mark.hostile
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _spd(n: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    L = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return L @ L.T + n * torch.eye(n, dtype=torch.float64)
+
+
+def _apply(M: torch.Tensor):
+    return lambda v: v @ M.T
+
+
+def _maps(coils: int = 3, size: int = 8) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(coils, size, size, generator=g, dtype=torch.complex64)
+
+
+# --- A. NaN is not convergence --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_cg_rejects_non_finite_right_hand_side(bad):
+    b = torch.ones(2, 4, dtype=torch.float64)
+    b[0, 1] = bad
+    with pytest.raises(ValueError, match=r"b: contains 1 NaN or infinite values \(of 8\)"):
+        conjugate_gradient(_apply(_spd()), b)
+
+
+def test_cg_rejects_non_finite_start():
+    b = torch.ones(2, 4, dtype=torch.float64)
+    x0 = torch.zeros_like(b)
+    x0[1, 3] = NAN
+    with pytest.raises(ValueError, match=r"x0: contains 1 NaN"):
+        conjugate_gradient(_apply(_spd()), b, x0)
+
+
+def test_cg_rejects_an_operator_that_returns_nan():
+    M = _spd()
+
+    def A(v):
+        out = v @ M.T
+        return torch.cat((out[:1], out[1:] * NAN))
+
+    with pytest.raises(FloatingPointError, match=r"conjugate_gradient: A returned NaN .* samples \[1\]"):
+        conjugate_gradient(A, torch.ones(2, 4, dtype=torch.float64))
+
+
+def test_cg_stops_and_flags_non_positive_curvature():
+    """An indefinite map: the sample stops at its last finite iterate and is flagged."""
+    b = torch.ones(2, 4, dtype=torch.float64)
+    M = _spd()
+    x, info = conjugate_gradient(lambda v: torch.cat((v[:1] @ M.T, -v[1:])), b, max_iter=20, tol=1e-10)
+    assert info["breakdown"].tolist() == [False, True]
+    assert torch.isfinite(x).all() and torch.equal(x[1], torch.zeros(4, dtype=torch.float64))
+    assert info["iterations"][1] == 0 and info["residual"][1] == 1
+    torch.testing.assert_close(x[0], torch.linalg.solve(M, b[0]))
+
+
+@pytest.mark.parametrize("tol", [NAN, -1.0, INF])
+def test_cg_rejects_bad_tolerance(tol):
+    with pytest.raises(ValueError, match="tol: expected a finite number >= 0"):
+        conjugate_gradient(_apply(_spd()), torch.ones(2, 4, dtype=torch.float64), tol=tol)
+
+
+@pytest.mark.parametrize("max_iter", [NAN, 2.5, -3])
+def test_cg_rejects_bad_iteration_count(max_iter):
+    with pytest.raises(ValueError, match="max_iter: expected a non-negative integer"):
+        conjugate_gradient(_apply(_spd()), torch.ones(2, 4, dtype=torch.float64), max_iter=max_iter)
+
+
+def _pinv_cases():
+    """``(op, y)`` of each operator with a ``pinv`` of its own, and a CG-SENSE one (the default)."""
+    mask = torch.ones(8, 8)
+    mask[:, ::2] = 0
+    mri = MultiCoilMRI(_maps(), mask)
+    y_mri = torch.ones(1, 3, 8, 8, dtype=torch.complex64)
+    return {
+        "cg_sense": (mri @ RealToComplex(), y_mri),
+        "multicoil": (mri, y_mri),
+        "singlecoil": (SingleCoilMRI(mask), torch.ones(1, 1, 8, 8, dtype=torch.complex64)),
+        "matrix": (Matrix(torch.randn(3, 5, dtype=torch.float64)), torch.ones(2, 3, dtype=torch.float64)),
+        "identity": (Identity(), torch.ones(1, 1, 4, 4)),
+        "multiply": (Multiply(torch.rand(4, 4) + 0.5), torch.ones(1, 1, 4, 4)),
+        "real_to_complex": (RealToComplex(), torch.ones(1, 1, 4, 4, dtype=torch.complex64)),
+        "center_crop": (CenterCrop((6, 6), (4, 4)), torch.ones(1, 1, 4, 4)),
+        "inpainting": (Inpainting(mask), torch.ones(1, 1, 8, 8)),
+        "superres": (SuperResolution(2), torch.ones(1, 1, 4, 4)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_pinv_cases()))
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_pinv_rejects_non_finite_measurements(name, bad):
+    op, y = _pinv_cases()[name]
+    y = y.clone()
+    y.view(-1)[-1] = bad
+    with pytest.raises(ValueError, match=rf"y: contains 1 NaN or infinite values \(of {y.numel()}\)"):
+        op.pinv(y)
+
+
+def test_fbp_rejects_non_finite_sinogram():
+    op = ParallelBeamCT((8, 8), 6)
+    y = op.A(torch.ones(1, 1, 8, 8))
+    y[0, 0, 2, 3] = NAN
+    with pytest.raises(ValueError, match="sinogram: contains 1 NaN"):
+        op.fbp(y)
