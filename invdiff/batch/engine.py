@@ -126,51 +126,116 @@ def _row_key(row: dict) -> tuple:
     return (str(row["setting"]), str(row["method"]), str(row["volume"]), int(row["slice"]))
 
 
+HEADER = ",".join(ROW_FIELDS)
+_INTEGERS = ("slice", "nfe", "pixels")
+_FLOATS = ("seconds", "psnr", "ssim", "nmse", "sq_error", "sq_reference", "data_max")
+
+
+def _complete_lines(text: str) -> str:
+    """``text`` without a torn last line (a run killed while appending a row)."""
+    return text if not text or text.endswith("\n") else text[: text.rfind("\n") + 1]
+
+
+def _check_header(path: Path, record: list[str] | None) -> None:
+    if record is not None and ",".join(record) != HEADER:
+        raise ValueError(
+            f"{path}: the header line is {','.join(record)!r}; expected {HEADER!r}. The rows below it are "
+            f"kept: restore the header line (or move the file away to redo its slices)"
+        )
+
+
+def read_shard(path: Path) -> list[dict]:
+    """The complete rows of one shard's CSV, typed, in file order (duplicates kept).
+
+    A torn last line (a run killed mid-write) is dropped; blank lines are ignored.
+
+    Raises:
+        ValueError: the header is not :data:`ROW_FIELDS`, or a line has the wrong number of
+            fields or a value that is not a number where one is expected; the message names the
+            file and the line. Nothing is discarded: the file is left as it is.
+    """
+    reader = csv.reader(io.StringIO(_complete_lines(path.read_text())))
+    _check_header(path, next(reader, None))
+    rows = []
+    for record in reader:
+        if not record:
+            continue
+        where = f"{path}, line {reader.line_num}"
+        if len(record) != len(ROW_FIELDS):
+            raise ValueError(f"{where}: {len(record)} fields; expected {len(ROW_FIELDS)} ({HEADER}). "
+                             f"Fix or delete the line (a deleted row's slice is redone on resume)")
+        rows.append(_typed(dict(zip(ROW_FIELDS, record)), where))
+    return rows
+
+
 def read_rows(out_dir: Path) -> list[dict]:
     """Every complete row of every shard's CSV under ``out_dir/rows``, one per key, sorted by key.
 
     A torn last line (a run killed mid-write) and duplicate keys (a slice redone after a kill
     between its row and the next) are dropped; the first complete row of a key wins.
+
+    Raises:
+        ValueError: a shard's header or one of its lines is damaged (:func:`read_shard`).
     """
     rows: dict[tuple, dict] = {}
     for path in sorted((out_dir / "rows").glob("shard-*.csv")):
-        text = path.read_text()
-        if text and not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]
-        for row in csv.DictReader(io.StringIO(text)):
-            if None in row or any(row.get(k) in (None, "") for k in KEY):
-                continue
+        for row in read_shard(path):
             rows.setdefault(_row_key(row), row)
-    return [_typed(rows[k]) for k in sorted(rows)]
+    return [rows[k] for k in sorted(rows)]
 
 
-def _typed(row: dict) -> dict:
+def _typed(row: dict, where: str) -> dict:
+    """``row`` (strings from the CSV) with numbers parsed; ``where`` names the file and line in errors."""
     out = dict(row)
-    out["slice"] = int(row["slice"])
-    for k in ("nfe", "pixels"):
-        out[k] = int(float(row[k])) if row[k] not in ("", None) else 0
-    for k in ("seconds", "psnr", "ssim", "nmse", "sq_error", "sq_reference", "data_max"):
-        out[k] = float(row[k]) if row[k] not in ("", None) else math.nan
+    for k in ("setting", "method", "volume", "slice"):
+        if not row[k]:
+            raise ValueError(f"{where}: column {k!r} is empty. Fix or delete the line (a deleted row's slice "
+                             f"is redone on resume)")
+    for k in _INTEGERS + _FLOATS:
+        value = row[k]
+        if value == "" and k != "slice":
+            out[k] = 0 if k in _INTEGERS else math.nan
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if k in _INTEGERS:
+            if number is None or not number.is_integer():
+                raise ValueError(f"{where}: column {k!r} holds {value!r}; expected a whole number")
+            out[k] = int(number)
+        elif number is None:
+            raise ValueError(f"{where}: column {k!r} holds {value!r}; expected a number (or inf, nan)")
+        else:
+            out[k] = number
     out["error"] = row.get("error") or ""
     return out
 
 
 class RowWriter:
-    """Appends rows to one shard's CSV: a whole line per ``write``, flushed and synced."""
+    """Appends rows to one shard's CSV: a whole line per ``write``, flushed and synced.
+
+    Raises:
+        ValueError: the existing file's header is damaged (the file is left as it is).
+    """
 
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file():
             text = path.read_text()
-            if text and not text.endswith("\n"):  # drop a torn last line before appending
-                atomic_write_text(path, text[: text.rfind("\n") + 1])
+            _check_header(path, next(csv.reader(io.StringIO(_complete_lines(text))), None))
+            if _complete_lines(text) != text:  # drop a torn last line before appending
+                atomic_write_text(path, _complete_lines(text))
         if not path.is_file() or path.stat().st_size == 0:
-            atomic_write_text(path, ",".join(ROW_FIELDS) + "\n")
+            atomic_write_text(path, HEADER + "\n")
 
     def append(self, row: dict) -> None:
+        """Append ``row`` (its :data:`ROW_FIELDS`; an error message on one line)."""
+        values = {k: row.get(k, "") for k in ROW_FIELDS}
+        values["error"] = " ".join(str(values["error"]).split())
         buffer = io.StringIO()
-        csv.DictWriter(buffer, ROW_FIELDS, lineterminator="\n").writerow({k: row.get(k, "") for k in ROW_FIELDS})
+        csv.DictWriter(buffer, ROW_FIELDS, lineterminator="\n").writerow(values)
         with self.path.open("a") as f:
             f.write(buffer.getvalue())
             f.flush()
