@@ -9,7 +9,10 @@ reconstruction against the volume's reference in fastMRI's conventions (``fastmr
 * PSNR with the data range the maximum of the reference *volume*;
 * SSIM per slice (7 x 7 window) with the same data range, averaged over the slices;
 
-all on the reconstruction-size centre crop. A volume without a reference (a fastMRI test or
+all on the reconstruction-size centre crop. Degenerate slices are scored as fastMRI scores them,
+never left out: an exact reconstruction has an infinite PSNR and a reference of zeros an
+undefined (NaN) NMSE; a mean over volumes that holds one is infinite or NaN, and the summary
+counts and explains such volumes (:func:`summarise`). A volume without a reference (a fastMRI test or
 challenge file) is reconstructed and written the same way; its rows carry no metrics, and the
 summary lists it as not scored. Per slice, a row is appended to the shard's CSV as
 soon as the slice is done (``rows/shard-<i>-of-<n>.csv``); the summary (``summary.json``,
@@ -54,11 +57,10 @@ import json
 import logging
 import math
 import os
-import statistics
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,18 +280,30 @@ def volume_metrics(rows: Sequence[dict]) -> dict:
     return {
         "nmse": sq_error / sq_reference if sq_reference > 0 else math.nan,
         "psnr": float("inf") if mse == 0 else 10 * math.log10(data_max**2 / mse),
-        "ssim": statistics.fmean(r["ssim"] for r in rows),
+        "ssim": _mean(r["ssim"] for r in rows),
         "slices": len(rows),
-        "seconds_per_slice": statistics.fmean(r["seconds"] for r in rows),
+        "seconds_per_slice": _mean(r["seconds"] for r in rows),
         "nfe": max(r["nfe"] for r in rows),
     }
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    values = list(values)
-    if not values:
+def _mean(values: Iterable[float]) -> float:
+    """The mean as ``numpy.mean`` gives it: infinite when a value is, NaN when one is NaN."""
+    values = np.asarray(list(values), dtype=np.float64)
+    if values.size == 0:
+        return math.nan
+    with np.errstate(invalid="ignore"):
+        return float(np.mean(values))
+
+
+def _mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """The mean (:func:`_mean`) and the sample standard deviation, NaN when a value is not finite."""
+    values = np.asarray(list(values), dtype=np.float64)
+    if values.size == 0:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    if not np.all(np.isfinite(values)):
+        return _mean(values), math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if values.size > 1 else 0.0
 
 
 def _scored(row: dict) -> bool:
@@ -310,7 +324,13 @@ def summarise(rows: Sequence[dict], expected_slices: dict[str, int] | None = Non
         ``{"methods": [...], "failed": [...], "unscored_volumes": [...]}``: per ``(setting, method)``
         the ``volumes`` (``{name: metrics}``), the overall ``psnr``, ``ssim``, ``nmse`` means and
         stds, ``nfe``, ``seconds_per_slice``, ``slices`` (scored), ``unscored`` and ``failed``
-        counts; every failed row's key and error; the volumes reconstructed without a reference.
+        counts, ``nonfinite`` (per metric, the volumes whose value is infinite or NaN, when any);
+        every failed row's key and error; the volumes reconstructed without a reference.
+
+    Degenerate volumes are kept, as fastMRI's ``evaluate.py`` keeps them: a volume reconstructed
+    exactly has an infinite PSNR, one whose reference is all zeros an undefined (NaN) NMSE, and
+    the mean over volumes is then infinite or NaN too (``numpy.mean``), its std NaN;
+    ``nonfinite`` counts them and :func:`markdown_summary` says so under the table.
     """
     groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     failed, unscored_volumes = [], set()
@@ -331,9 +351,11 @@ def summarise(rows: Sequence[dict], expected_slices: dict[str, int] | None = Non
         entry = {"setting": setting, "method": method, "volumes": per_volume}
         for metric in ("psnr", "ssim", "nmse"):
             entry[metric], entry[f"{metric}_std"] = _mean_std(m[metric] for m in per_volume.values())
+        entry["nonfinite"] = {metric: n for metric in ("psnr", "ssim", "nmse")
+                              if (n := sum(not math.isfinite(m[metric]) for m in per_volume.values()))}
         all_rows = [r for vrows in volumes.values() for r in vrows]
         entry["nfe"] = max(r["nfe"] for r in all_rows)
-        entry["seconds_per_slice"] = statistics.fmean(r["seconds"] for r in all_rows)
+        entry["seconds_per_slice"] = _mean(r["seconds"] for r in all_rows)
         entry["slices"] = sum(len(vrows) for vrows in scored.values())
         entry["unscored"] = len(all_rows) - entry["slices"]
         entry["failed"] = sum(1 for f in failed if f["setting"] == setting and f["method"] == method)
@@ -351,7 +373,37 @@ def _order(summary_methods: list[dict], settings: Sequence[str], methods: Sequen
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if math.isnan(mean):
+        return "–"
+    if math.isinf(mean):
+        return "inf" if mean > 0 else "-inf"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE"}
+
+
+def _nonfinite_notes(entry: dict) -> list[str]:
+    """Lines on the volumes whose metrics are infinite or undefined (:func:`summarise`)."""
+    notes = []
+    for metric in entry.get("nonfinite", {}):
+        values = [m[metric] for m in entry["volumes"].values()]
+        finite = [v for v in values if math.isfinite(v)]
+        where = f"{entry['setting']} {entry['method']}"
+        infinite = sum(math.isinf(v) for v in values)
+        undefined = sum(math.isnan(v) for v in values)
+        if infinite:
+            notes.append(f"{where}: {_LABELS[metric]} is infinite for {infinite} of {len(values)} volumes "
+                         f"(reconstructed exactly), and so is the mean, as fastMRI's evaluate.py gives it")
+        if undefined:
+            notes.append(f"{where}: {_LABELS[metric]} is undefined for {undefined} of {len(values)} volumes "
+                         f"(0 / 0: a reference of zeros), and so is the mean")
+        if finite:
+            mean, std = _mean_std(finite)
+            plural = "s" if len(finite) != 1 else ""
+            notes[-1] += (f"; over the other {len(finite)} volume{plural} "
+                          f"{_pm(mean, std, 2 if metric == 'psnr' else 4)}")
+    return notes
 
 
 def markdown_summary(summary: dict) -> str:
@@ -370,6 +422,9 @@ def markdown_summary(summary: dict) -> str:
             f"{e['seconds_per_slice']:.2f} | {len(e['volumes'])} | {e['slices']}{failed} |"
         )
     text = "\n".join(lines) + "\n\nMeans ± standard deviations over volumes (fastMRI's per-volume metrics)."
+    degenerate = [note for e in summary["methods"] for note in _nonfinite_notes(e)]
+    if degenerate:
+        text += "\n\n" + "\n".join(f"- {note}." for note in degenerate)
     if summary.get("notes"):
         text += "\n\n" + "\n".join(f"- {note}" for note in summary["notes"])
     if summary.get("unscored_volumes"):
@@ -432,6 +487,18 @@ def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: di
     return written
 
 
+def _json_summary(value):
+    """``value`` for strict JSON: infinities as the strings ``"inf"`` and ``"-inf"`` (an exact
+    reconstruction's PSNR), NaN as ``null`` (:func:`invdiff.fileio.json_safe`)."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _json_summary(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_summary(v) for v in value]
+    return json_safe(value)
+
+
 @contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
     """An exclusive lock on the run folder (``.lock``), so that concurrent mergers take turns."""
@@ -471,7 +538,7 @@ def merge(out_dir: Path, *, settings: Sequence[str] = (), methods: Sequence[str]
         writer.writeheader()
         writer.writerows({k: r[k] for k in ROW_FIELDS} for r in rows)
         atomic_write_text(out_dir / "rows.csv", buffer.getvalue())
-        atomic_write_text(out_dir / "summary.json", json.dumps(json_safe(summary), indent=1) + "\n")
+        atomic_write_text(out_dir / "summary.json", json.dumps(_json_summary(summary), indent=1) + "\n")
         atomic_write_text(out_dir / "summary.md", markdown_summary(summary) + "\n")
         assemble_submission(out_dir, rows, expected)
     return summary

@@ -55,7 +55,7 @@ def plot_psnr_vs_nfe(summary: dict) -> bytes:
     settings = list(dict.fromkeys(e["setting"] for e in summary["methods"]))
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
-        entries = [e for e in summary["methods"] if e["setting"] == setting and not math.isnan(e["psnr"])]
+        entries = [e for e in summary["methods"] if e["setting"] == setting and math.isfinite(e["psnr"])]
         for k, e in enumerate(entries):
             colour = f"C{k % 10}"
             if e["nfe"] > 0:
@@ -67,7 +67,8 @@ def plot_psnr_vs_nfe(summary: dict) -> bytes:
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(setting)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     data = _png(fig)
     plt.close(fig)

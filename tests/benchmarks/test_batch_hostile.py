@@ -6,6 +6,11 @@ stays fast; the engine's behaviour on samplers is the same and is covered by ``t
 
 from __future__ import annotations
 
+import json
+import math
+
+import h5py
+import numpy as np
 import pytest
 
 from invdiff.batch import read_rows, run_batch
@@ -77,3 +82,39 @@ def test_a_damaged_row_names_the_file_and_line(tmp_path, column, value, message)
         read_rows(out)
     with pytest.raises(ValueError, match=r"shard-0-of-1\.csv, line 3"):
         _fbp(data, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Degenerate metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _zero_slice_folder(path):
+    """Two volumes of a disc and a second slice: zero in ``vol0.h5``, a fainter disc in ``vol1.h5``."""
+    path.mkdir(parents=True)
+    yy, xx = np.mgrid[:16, :16] / 16 - 0.5
+    disc = ((xx**2 + yy**2) < 0.12).astype(np.float32)
+    for v, second in enumerate((0 * disc, 0.5 * disc)):
+        with h5py.File(path / f"vol{v}.h5", "w") as f:
+            f.create_dataset("image", data=np.stack([disc, second]))
+    return path
+
+
+def test_an_exact_reconstruction_of_a_zero_slice_gives_an_infinite_psnr_the_summary_and_report_carry(tmp_path):
+    from invdiff.batch.report import write_report
+
+    data, out = _zero_slice_folder(tmp_path / "data"), tmp_path / "out"
+    # noise-free views of the zero slice: FBP gives exactly zero, as the reference is
+    result = _fbp(data, out, settings={"exact": {"views": 8, "noise_std": 0.0}}, slices=(1, 2))
+    row = next(r for r in read_rows(out) if r["volume"] == "vol0.h5")
+    assert row["psnr"] == math.inf and math.isnan(row["nmse"]) and row["ssim"] == 1.0
+    entry = result.summary["methods"][0]
+    assert entry["volumes"]["vol0.h5"]["psnr"] == math.inf and math.isfinite(entry["volumes"]["vol1.h5"]["psnr"])
+    assert entry["psnr"] == math.inf and entry["nonfinite"] == {"psnr": 1, "nmse": 1}
+    markdown = (out / "summary.md").read_text()
+    assert "| exact | fbp | 0 | inf |" in markdown
+    assert "PSNR is infinite for 1 of 2 volumes" in markdown and "NMSE is undefined for 1 of 2 volumes" in markdown
+    assert json.loads((out / "summary.json").read_text())["methods"][0]["psnr"] == "inf"
+    # a rerun (merge from the rows) and the report work on the folder
+    assert _fbp(data, out, settings={"exact": {"views": 8, "noise_std": 0.0}}, slices=(1, 2)).done == 0
+    assert "| exact | fbp | 0 | inf |" in write_report(out)
