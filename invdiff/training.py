@@ -9,7 +9,9 @@ Each step draws a batch of training images and noise levels
 averaged over pixels and the batch, with Adam and an exponential moving average (EMA) of the
 weights. All randomness comes from one ``torch.Generator`` whose state is saved with the
 weights, the EMA and the optimiser, so a run stopped and resumed from its checkpoint ends with
-the same weights as a run that never stopped.
+the same weights and the same ``loss.csv`` rows as a run that never stopped. The initial weights
+come from their own seed (:func:`invdiff.priors.unet.edm_unet`; ``scripts/train_prior.py`` passes
+``train.seed``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,28 @@ def _save(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+_LOG_HEADER = ("step", "loss", "seconds")
+
+
+def _restart_log(path: Path, step: int) -> None:
+    """Rewrite the loss log at ``path`` (atomically) with its header and its rows up to ``step``.
+
+    A run stopped after its last checkpoint has logged steps that the resumed run logs again;
+    those rows, a partly written last row among them, are dropped. A fresh run (``step = 0``)
+    starts an empty log.
+    """
+    rows = []
+    if step and path.is_file():
+        with path.open(newline="") as f:
+            rows = [r for r in list(csv.reader(f))[1:] if len(r) == 3 and r[0].isdigit() and int(r[0]) <= step]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows([_LOG_HEADER, *rows])
+
+    atomic_write(path, write)
+
+
 def train(
     denoiser: EDMDenoiser,
     data: Tensor,
@@ -99,8 +123,11 @@ def train(
         denoiser: the network with its preconditioning; trained in place.
         data: ``(N, C, H, W)`` training images in the denoiser's data space (a tensor or a numpy
             array, possibly memory-mapped).
-        out_dir: holds ``checkpoint.pt`` (weights, EMA, optimiser, step, generator state) and
-            ``loss.csv``.
+        out_dir: holds ``checkpoint.pt`` (weights, EMA, optimiser, step, generator state, the
+            loss sum since the last logged row) and ``loss.csv`` (``step, loss, seconds``: the mean
+            loss since the previous row, seconds since this call began). A resumed run first drops
+            the rows after its checkpoint's step, so each step is logged once, as in a run that
+            never stopped.
         cfg: the optimisation settings; a resumed run must use the same ones.
         device: where to train.
         on_step: called after every step with the step number (1-based) and the loss.
@@ -116,7 +143,7 @@ def train(
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
-    step = 0
+    step, running, count = 0, 0.0, 0
     path = out_dir / "checkpoint.pt"
     if path.is_file():
         state = torch.load(path, map_location=device, weights_only=True)
@@ -129,11 +156,12 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         step = int(state["step"])
+        saved_sum, saved_count = state.get("log", (0.0, 0))  # a checkpoint without it: a fresh sum
+        running, count = float(saved_sum), int(saved_count)
+    _restart_log(out_dir / "loss.csv", step)
     log = (out_dir / "loss.csv").open("a", newline="")
     writer = csv.writer(log)
-    if step == 0:
-        writer.writerow(["step", "loss", "seconds"])
-    running, count, start = 0.0, 0, time.perf_counter()
+    start = time.perf_counter()
     try:
         while step < cfg.steps:
             # 1. A batch, its noise levels and its noise, all from the saved generator.
@@ -164,7 +192,7 @@ def train(
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 _save(path, {
                     "model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": g.get_state(), "step": step, "config": asdict(cfg),
+                    "generator": g.get_state(), "step": step, "config": asdict(cfg), "log": [running, count],
                 })
                 if on_checkpoint is not None:
                     on_checkpoint(step, ema)

@@ -1,6 +1,7 @@
 """Train the project's UNet prior: ``python scripts/train_prior.py data=data/mri_brain_64``.
 
-Resumes from ``out_dir/checkpoint.pt``; writes ``loss.csv``, sample grids
+The initial weights and every random draw of training come from ``train.seed``, so two fresh runs
+with the same settings train the same network. Resumes from ``out_dir/checkpoint.pt``; writes ``loss.csv``, sample grids
 ``samples_<step>.png`` (Heun from the EMA weights) and, with ``export=<file>``, the EMA prior in
 half precision at every checkpoint.
 """
@@ -35,8 +36,8 @@ def main(cfg: DictConfig) -> None:
     data = load_split(cfg.data, "train")
     device = resolve_device(cfg.device)
     network = OmegaConf.to_container(cfg.network)
-    denoiser = edm_unet(in_channels=data.shape[1], sigma_data=cfg.sigma_data, **network)
     train_cfg = TrainConfig(**cfg.train)
+    denoiser = edm_unet(in_channels=data.shape[1], sigma_data=cfg.sigma_data, seed=train_cfg.seed, **network)
     if cfg.samples.every % train_cfg.checkpoint_every:
         raise ValueError("samples.every: expected a multiple of train.checkpoint_every")
 

@@ -1,10 +1,18 @@
 import csv
+import importlib.util
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from invdiff.priors.unet import edm_unet
 from invdiff.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"channels": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (), "img_resolution": 8,
+        "num_groups": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -16,9 +24,7 @@ def one_thread():
 
 
 def _net():
-    torch.manual_seed(0)  # the initial weights of this test's network only
-    return edm_unet(in_channels=2, channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(),
-                    img_resolution=8, num_groups=4)
+    return edm_unet(in_channels=2, seed=0, **TINY)
 
 
 def _data():
@@ -57,3 +63,79 @@ def test_resume_refuses_other_settings(tmp_path):
     other.lr = 5e-4
     with pytest.raises(ValueError, match="saved with other settings"):
         train(_net(), _data(), tmp_path, other)
+
+
+def _rows(path: Path) -> list[tuple[int, str]]:
+    """``(step, loss)`` of every row of a ``loss.csv``."""
+    return [(int(r["step"]), r["loss"]) for r in csv.DictReader(path.open())]
+
+
+@pytest.mark.hostile
+def test_initial_weights_come_from_the_seed_and_leave_the_global_rng():
+    state = torch.get_rng_state()
+    a = edm_unet(in_channels=2, seed=3, **TINY)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    b = edm_unet(in_channels=2, seed=3, **TINY)
+    c = edm_unet(in_channels=2, seed=4, **TINY)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    assert a.model.stem.weight.std() > 0  # drawn, not constant
+
+
+def _train_script():
+    spec = importlib.util.spec_from_file_location("train_prior", ROOT / "scripts" / "train_prior.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.hostile
+def test_train_script_runs_with_the_same_seed_start_from_the_same_weights(tmp_path):
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "train.npy", _data().numpy())
+    main = _train_script()
+    for name, train_seed, global_seed in (("a", 0, 1), ("b", 0, 2), ("c", 1, 1)):
+        overrides = [f"data={tmp_path / 'data'}", f"out_dir={tmp_path / name}", "threads=1", "network.channels=8",
+                     "network.channel_mult=[1,2]", "network.num_blocks=1", "network.attn_resolutions=[]",
+                     "network.img_resolution=8", "+network.num_groups=4", "train.steps=1", "train.batch_size=2",
+                     "train.warmup=1000000", f"train.seed={train_seed}", "train.checkpoint_every=1", "samples.every=1", "samples.count=1",
+                     "samples.steps=2"]
+        with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+            cfg = compose(config_name="train", overrides=overrides)
+        torch.manual_seed(global_seed)  # another global RNG state in each run
+        main(cfg)
+    a, b, c = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["model"] for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # One step at a learning rate of 2e-10 (warm-up) moves no weight by 1e-3: c starts elsewhere.
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) > 1e-3
+
+
+class _Killed(Exception):
+    """Stands in for a run killed between two checkpoints."""
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("log_every", [1, 2])
+def test_resume_after_a_kill_logs_each_step_once(log_every, tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=2, checkpoint_every=3, log_every=log_every, seed=5)
+
+    def kill(step, loss):
+        if step == 5:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(_net(), _data(), tmp_path / "parts", cfg, on_step=kill)
+    train(_net(), _data(), tmp_path / "parts", cfg)
+    train(_net(), _data(), tmp_path / "whole", cfg)
+    whole = _rows(tmp_path / "whole" / "loss.csv")
+    assert [s for s, _ in whole] == list(range(log_every, 7, log_every))
+    assert _rows(tmp_path / "parts" / "loss.csv") == whole
+
+
+@pytest.mark.hostile
+def test_fresh_run_replaces_a_stale_loss_log(tmp_path):
+    (tmp_path / "loss.csv").write_text("step,loss,seconds\n1,9.0,0.1\n2,9.0,0.2\n7,9.0,0.7\n")
+    train(_net(), _data(), tmp_path, _cfg(2))
+    assert (tmp_path / "loss.csv").read_text().count("step") == 1
+    assert [s for s, _ in _rows(tmp_path / "loss.csv")] == [1, 2]

@@ -234,6 +234,29 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Draw every weight afresh from ``generator`` (the global RNG is not used).
+
+        Convolutions and linear layers get PyTorch's default initialisation (Kaiming-uniform
+        weights with ``a = sqrt(5)``, biases uniform in ``±1/sqrt(fan_in)``); the last
+        convolution of every residual block, of every attention block and of the output is
+        then zeroed again, so the network still has ``F = 0``.
+
+        Args:
+            generator: a CPU generator.
+        """
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                    bound = 1 / math.sqrt(m.weight[0].numel())
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            zeroed = [m.conv2 for m in self.modules() if isinstance(m, ResBlock)]
+            zeroed += [m.proj for m in self.modules() if isinstance(m, Attention)]
+            for layer in [*zeroed, self.out_conv]:
+                layer.weight.zero_()
+                layer.bias.zero_()
+
     @property
     def size_multiple(self) -> int:
         """``2 ** (len(channel_mult) - 1)``: input ``H`` and ``W`` must be multiples of it."""
@@ -269,20 +292,25 @@ class UNet(nn.Module):
 
 
 def edm_unet(
-    sigma_data: float = 0.5, *, data_scale: float = 1.0, data_shift: float = 0.0, **config
+    sigma_data: float = 0.5, *, data_scale: float = 1.0, data_shift: float = 0.0, seed: int = 0, **config
 ) -> EDMDenoiser:
-    """A :class:`UNet` under EDM preconditioning.
+    """A :class:`UNet` under EDM preconditioning, its initial weights drawn from ``seed``.
 
     Args:
         sigma_data: the data's standard deviation (in the network's range).
         data_scale, data_shift: the affine map from the caller's data to the network's range.
+        seed: seeds the generator of the initial weights (:meth:`UNet.reset_parameters`); the
+            same seed gives the same network, and the global RNG's state is left as it was.
         **config: :class:`UNet` arguments (``in_channels`` required).
 
     Returns:
         The denoiser, ``(B, C, H, W), sigma -> (B, C, H, W)``, with ``shape`` set from
         ``in_channels`` and ``img_resolution``.
     """
-    net = UNet(**config)
+    # The layers' own initialisation draws from the global RNG; its state is restored afterwards.
+    with torch.random.fork_rng(devices=[]):
+        net = UNet(**config)
+    net.reset_parameters(torch.Generator().manual_seed(int(seed)))
     res = net.config["img_resolution"]
     return EDMDenoiser(
         net,
