@@ -27,6 +27,7 @@ import time
 import torch
 from torch import Tensor
 
+from invdiff.samplers.common import check_measurement, check_number
 from operators.base import LinearComposition, LinearOperator, Operator, RealToComplex
 from operators.cg import conjugate_gradient
 from operators.linalg import power_iteration
@@ -52,6 +53,7 @@ def adjoint_baseline(op: LinearOperator, y: Tensor, **_) -> tuple[Tensor, dict]:
     """
     start = time.perf_counter()
     _check_linear(op, "adjoint_baseline")
+    check_measurement(y, "adjoint_baseline")
     x = op.AT(y)
     return x, {"nfe": 0, "seconds": time.perf_counter() - start}
 
@@ -79,8 +81,8 @@ def least_squares(
     """
     start = time.perf_counter()
     _check_linear(op, "least_squares")
-    if not damping >= 0:
-        raise ValueError(f"least_squares: damping: expected >= 0, got {damping}")
+    check_measurement(y, "least_squares")
+    check_number(damping, "damping", "least_squares", minimum=0)
 
     def normal(v: Tensor) -> Tensor:
         return op.normal(v) + damping * v if damping > 0 else op.normal(v)
@@ -102,6 +104,7 @@ def pinv_baseline(op: LinearOperator, y: Tensor, **options) -> tuple[Tensor, dic
     """
     start = time.perf_counter()
     _check_linear(op, "pinv_baseline")
+    check_measurement(y, "pinv_baseline")
     x = op.pinv(y, **options)
     return x, {"nfe": 0, "seconds": time.perf_counter() - start}
 
@@ -128,6 +131,7 @@ def fbp_baseline(op: Operator, y: Tensor, filter: str = "ramp") -> tuple[Tensor,
             f"fbp_baseline: op: {op!r} has no fbp method (only CT operators such as ParallelBeamCT and "
             f"FanBeamCT do, not compositions); use least_squares"
         )
+    check_measurement(y, "fbp_baseline")
     x = fbp(y, filter)
     return x, {"nfe": 0, "seconds": time.perf_counter() - start}
 
@@ -147,6 +151,8 @@ def postlog_fbp(op: TransmissionCT, y: Tensor, *, min_count: float = 0.5, filter
     start = time.perf_counter()
     if not isinstance(op, TransmissionCT):
         raise ValueError(f"postlog_fbp: op: expected a TransmissionCT, got {op!r}; use fbp_baseline for post-log data")
+    check_measurement(y, "postlog_fbp")
+    check_number(min_count, "min_count", "postlog_fbp", positive=True)
     x, _ = fbp_baseline(op.projector, op.postlog(y, min_count=min_count), filter)
     return x, {"nfe": 0, "seconds": time.perf_counter() - start}
 
@@ -181,6 +187,8 @@ def error_reduction(
     start = time.perf_counter()
     if not isinstance(op, PhaseRetrieval):
         raise ValueError(f"error_reduction: op: expected a PhaseRetrieval operator, got {op!r}")
+    check_measurement(y, "error_reduction")
+    check_number(iterations, "iterations", "error_reduction", integer=True, minimum=0)
     if y.ndim != 4:
         raise ValueError(f"error_reduction: y: expected (B, C, Hp, Wp), got shape {tuple(y.shape)}")
     Hp, Wp = y.shape[-2:]
@@ -282,6 +290,7 @@ def zero_filled(op: LinearOperator, y: Tensor, **_) -> tuple[Tensor, dict]:
     start = time.perf_counter()
     mri, embedded = _multicoil_mri(op, "zero_filled")
     _check_kspace(mri, y, "zero_filled")
+    check_measurement(y, "zero_filled")
     magnitude = rss(ifft2c(y), dim=1, keepdim=True)
     x = _to_domain(magnitude.to(y.dtype), embedded)
     return x, {"nfe": 0, "seconds": time.perf_counter() - start}
@@ -352,10 +361,9 @@ def l1_wavelet(
     start = time.perf_counter()
     mri, embedded = _multicoil_mri(op, "l1_wavelet")
     _check_kspace(mri, y, "l1_wavelet")
-    if not lamda >= 0:
-        raise ValueError(f"l1_wavelet: lamda: expected >= 0, got {lamda}")
-    if int(max_iter) != max_iter or max_iter < 1:
-        raise ValueError(f"l1_wavelet: max_iter: expected a positive integer, got {max_iter}")
+    check_measurement(y, "l1_wavelet")
+    check_number(lamda, "lamda", "l1_wavelet", minimum=0)
+    check_number(max_iter, "max_iter", "l1_wavelet", integer=True, minimum=1)
     maps = mri.coil_maps.detach().cpu().to(torch.complex128)
     mask = mri.mask.detach().cpu().to(torch.float64)
     kspace = y.detach().cpu().to(torch.complex128)
@@ -478,12 +486,11 @@ def tv(
     """
     start = time.perf_counter()
     _check_linear(op, "tv")
-    if not lam >= 0:
-        raise ValueError(f"tv: lam: expected >= 0, got {lam}")
-    if int(iterations) != iterations or iterations < 1:
-        raise ValueError(f"tv: iterations: expected a positive integer, got {iterations}")
-    if not step_ratio > 0:
-        raise ValueError(f"tv: step_ratio: expected > 0, got {step_ratio}")
+    check_measurement(y, "tv")
+    check_number(lam, "lam", "tv", minimum=0)
+    check_number(iterations, "iterations", "tv", integer=True, minimum=1)
+    check_number(step_ratio, "step_ratio", "tv", positive=True)
+    check_number(power_iterations, "power_iterations", "tv", integer=True, minimum=1)
     ATy = op.AT(y)
     if ATy.is_complex() or ATy.ndim != 4:
         raise ValueError(

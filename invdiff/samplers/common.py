@@ -19,13 +19,14 @@ step, which is also the Euler step of the probability-flow ODE
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from invdiff.priors.base import Denoiser
-from operators.base import LinearOperator, Operator, real_dtype
+from operators.base import LinearOperator, Operator, check_finite, real_dtype
 
 Callback = Callable[[dict], None]
 
@@ -49,22 +50,74 @@ def check_sigmas(sigmas: Tensor | Sequence[float], name: str = "sigmas") -> list
 
 
 def check_measurement(y: Tensor, sampler: str) -> None:
-    """Raise a ``ValueError`` naming ``y`` when it is not a finite tensor."""
+    """Raise a ``ValueError`` naming ``y`` when it is not a non-empty, finite tensor ``(B, ...)``.
+
+    One finiteness reduction (one host synchronisation) per call.
+    """
     if not isinstance(y, Tensor):
         raise ValueError(f"{sampler}: y: expected a torch.Tensor, got {type(y).__name__}")
-    if y.ndim < 1 or y.shape[0] < 1:
-        raise ValueError(f"{sampler}: y: expected a batch (B, ...), got shape {tuple(y.shape)}")
-    if not bool(torch.isfinite(y).all()):
-        bad = int((~torch.isfinite(y)).sum())
-        raise ValueError(f"{sampler}: y: contains {bad} NaN or infinite values")
+    if y.ndim < 1 or y.numel() == 0:
+        raise ValueError(
+            f"{sampler}: y: expected a non-empty batch (B, ...) with B >= 1, got shape {tuple(y.shape)}"
+        )
+    check_finite(y, f"{sampler}: y")
+
+
+def check_number(
+    value: float | int | Tensor | None,
+    name: str,
+    sampler: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> None:
+    """Raise a ``ValueError`` naming the sampler and ``name`` unless ``value`` is a finite real
+    number within the bounds (NaN fails every comparison, so it would pass a bare ``x >= 0`` test).
+
+    Args:
+        value: the hyperparameter: a Python or numpy number or a one-element real tensor.
+        name: the argument name used in the message.
+        sampler: the sampler's (or baseline's) name used in the message.
+        minimum: the smallest value allowed.
+        maximum: the largest value allowed.
+        positive: the value must exceed 0.
+        integer: the value must be a whole number.
+        optional: ``None`` is allowed.
+    """
+    if value is None and optional:
+        return
+    bounds = (["> 0"] if positive else []) + ([f">= {minimum}"] if minimum is not None else [])
+    bounds += [f"<= {maximum}"] if maximum is not None else []
+    want = f"a finite {'integer' if integer else 'number'} {' and '.join(bounds)}".rstrip()
+    if optional:
+        want += " or None"
+    scalar = isinstance(value, numbers.Real) or (
+        isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex()
+    )
+    if isinstance(value, bool) or not scalar:
+        raise ValueError(f"{sampler}: {name}: expected {want}, got {value!r}")
+    v = float(value)
+    valid = (
+        math.isfinite(v)
+        and (not integer or v == int(v))
+        and (not positive or v > 0)
+        and (minimum is None or v >= minimum)
+        and (maximum is None or v <= maximum)
+    )
+    if not valid:
+        raise ValueError(f"{sampler}: {name}: expected {want}, got {value!r}")
 
 
 def check_eta(eta: float, sampler: str) -> None:
+    """Raise a ``ValueError`` naming ``eta`` unless ``0 <= eta <= 1`` (NaN fails)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"{sampler}: eta: expected 0 <= eta <= 1, got {eta}")
 
 
-def check_finite(x: Tensor, sampler: str, i: int, sigma: float) -> None:
+def check_step_finite(x: Tensor, sampler: str, i: int, sigma: float) -> None:
     """Raise ``FloatingPointError`` naming the sampler, the step and sigma when ``x`` is not finite."""
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(

@@ -66,9 +66,10 @@ from invdiff.priors.base import Denoiser
 from invdiff.samplers.common import (
     Callback,
     check_eta,
-    check_finite,
     check_measurement,
+    check_number,
     check_sigmas,
+    check_step_finite,
     emit,
     initial_noise,
     likelihood_weight,
@@ -148,12 +149,9 @@ def sample_dds(
         )
     check_measurement(y, NAME)
     check_eta(eta, NAME)
-    if int(cg_steps) != cg_steps or cg_steps < 0:
-        raise ValueError(f"{NAME}: cg_steps: expected a non-negative integer, got {cg_steps}")
-    if not noise_std >= 0:
-        raise ValueError(f"{NAME}: noise_std: expected >= 0, got {noise_std}")
-    if gamma is not None and not gamma > 0:
-        raise ValueError(f"{NAME}: gamma: expected > 0 or None, got {gamma}")
+    check_number(cg_steps, "cg_steps", NAME, integer=True, minimum=0)
+    check_number(noise_std, "noise_std", NAME, minimum=0)
+    check_number(gamma, "gamma", NAME, positive=True, optional=True)
     sigma_list = check_sigmas(sigmas)
     shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
@@ -166,18 +164,19 @@ def sample_dds(
         for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             # 1. Tweedie estimate and the noise it implies.
             x0_hat = denoiser(x, sigma)
+            check_step_finite(x0_hat, NAME, i, sigma)
             eps = (x - x0_hat) / sigma
             # 2. CG on the data term, from x0_hat.
             if gamma is None and noise_std == 0:
                 gamma_t = None
-                x0, cg_info = conjugate_gradient(op.normal, ATy, x0_hat, max_iter=cg_steps)
+                x0, cg_info = conjugate_gradient(op.normal, ATy, x0_hat, max_iter=int(cg_steps))
             else:
                 gamma_t = gamma if gamma is not None else data_gamma(sigma, weight, k)
                 x0, cg_info = conjugate_gradient(
                     lambda v, g=gamma_t: v + g * op.normal(v),
                     x0_hat + gamma_t * ATy,
                     x0_hat,
-                    max_iter=cg_steps,
+                    max_iter=int(cg_steps),
                 )
             cg_residual = cg_info["residual"]
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, x0=x0)
@@ -188,7 +187,7 @@ def sample_dds(
             else:
                 c1, c2 = dds_coefficients(sigma_next, eta)
                 x = ve_step(x0, eps, c1, c2, generator=generator)
-            check_finite(x, NAME, i, sigma)
+            check_step_finite(x, NAME, i, sigma)
     info = {
         "nfe": len(sigma_list) - 1,
         "seconds": time.perf_counter() - start,

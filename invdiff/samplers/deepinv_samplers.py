@@ -35,6 +35,7 @@ both draw from the global generator.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -45,6 +46,7 @@ from invdiff.priors.base import Denoiser
 from invdiff.samplers.common import (
     Callback,
     check_measurement,
+    check_number,
     check_sigmas,
     emit,
     measurement_device_dtype,
@@ -109,8 +111,8 @@ class DeepinvDenoiser(nn.Module):
 
 def _check_data_range(data_range: Sequence[float], sampler: str) -> tuple[float, float]:
     values = tuple(float(v) for v in data_range)
-    if len(values) != 2 or not values[1] > values[0]:
-        raise ValueError(f"{sampler}: data_range: expected (lo, hi) with lo < hi, got {data_range!r}")
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or not values[1] > values[0]:
+        raise ValueError(f"{sampler}: data_range: expected finite (lo, hi) with lo < hi, got {data_range!r}")
     return values
 
 
@@ -241,8 +243,8 @@ def sample_deepinv_dps(
     sigma_list = check_sigmas(sigmas)
     if guidance not in ("norm", "annealed"):
         raise ValueError(f"{name}: guidance: expected 'norm' or 'annealed', got {guidance!r}")
-    if not weight >= 0:
-        raise ValueError(f"{name}: weight: expected >= 0, got {weight}")
+    check_number(weight, "weight", name, minimum=0)
+    check_number(noise_std, "noise_std", name, minimum=0)
     data_range = _check_data_range(data_range, name)
     shape = posterior_shape(op, y, shape, name)
     device, dtype = measurement_device_dtype(y)
@@ -348,10 +350,9 @@ def sample_deepinv_diffpir(
         raise ValueError(f"{name}: op: expected a LinearOperator (DiffPIR's data step is a prox), got {op!r}")
     if not 0 <= zeta <= 1:
         raise ValueError(f"{name}: zeta: expected 0 <= zeta <= 1, got {zeta}")
-    if not lambda_ > 0:
-        raise ValueError(f"{name}: lambda_: expected > 0, got {lambda_}")
-    if not noise_std > 0:
-        raise ValueError(f"{name}: noise_std: expected > 0 (DiffPIR's rho_t grows with it), got {noise_std}")
+    check_number(lambda_, "lambda_", name, positive=True)
+    if not 0 < noise_std < math.inf:
+        raise ValueError(f"{name}: noise_std: expected finite > 0 (DiffPIR's rho_t grows with it), got {noise_std}")
     data_range = _check_data_range(data_range, name)
     shape = posterior_shape(op, y, shape, name)
     real_adjoint(op, y, shape, name)  # DiffPIR starts from 2 A^H y - 1: it must be a real x

@@ -64,9 +64,10 @@ from invdiff.priors.base import Denoiser
 from invdiff.samplers.common import (
     Callback,
     check_eta,
-    check_finite,
     check_measurement,
+    check_number,
     check_sigmas,
+    check_step_finite,
     ddim_step,
     emit,
     network_sigma,
@@ -118,9 +119,9 @@ def sample_dps(
         y: the measurements, ``(B, ...)``; each sample is its own problem.
         sigmas: ``(n + 1,)`` descending noise levels, e.g. ``sigmas_vp(1000)``.
         noise_std: the measurement noise std; DPS's step does not use it (the normalised
-            gradient adapts to the residual), it is recorded in ``info``.
+            gradient adapts to the residual), it is checked (finite, ``>= 0``) and recorded in ``info``.
         generator: the source of all randomness.
-        zeta: the official code's ``scale``.
+        zeta: the official code's ``scale``, finite and ``>= 0``.
         eta: 1 ancestral (DDPM, the paper's), 0 deterministic DDIM.
         clip: clamp :math:`\hat x_0` before the step and the residual: ``None`` (no clamp),
             ``"prior"`` (the official ``clip_denoised``: the prior's ``clip_range``, no clamp when
@@ -138,6 +139,8 @@ def sample_dps(
     start = time.perf_counter()
     check_measurement(y, NAME)
     check_eta(eta, NAME)
+    check_number(noise_std, "noise_std", NAME, minimum=0)
+    check_number(zeta, "zeta", NAME, minimum=0)
     sigma_list = check_sigmas(sigmas)
     clip = clip_range(clip, denoiser)
     k = network_sigma(denoiser, 1.0)
@@ -162,7 +165,7 @@ def sample_dps(
         # 4. Guidance, in VE units of the official VP step on the network's data.
         sn, sn_next = k * sigma, k * sigma_next
         x = x_next - zeta / k * math.sqrt((1 + sn**2) * (1 + sn_next**2)) * grad
-        check_finite(x, NAME, i, sigma)
+        check_step_finite(x, NAME, i, sigma)
     info = {
         "nfe": len(sigma_list) - 1,
         "seconds": time.perf_counter() - start,

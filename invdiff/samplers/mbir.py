@@ -80,9 +80,10 @@ from invdiff.priors.base import Denoiser
 from invdiff.samplers.common import (
     Callback,
     check_eta,
-    check_finite,
     check_measurement,
+    check_number,
     check_sigmas,
+    check_step_finite,
     ddim_step,
     emit,
     initial_noise,
@@ -171,14 +172,11 @@ def _prepare(op, y, shape, slice_batch, rho, lam, noise_std, op_norm, sigmas, na
             f"{name}: y: DiffusionMBIR needs a volume, slices in the batch dimension (D, ...) with D >= 2, "
             f"got {y.shape[0]} slice; use a volume task (e.g. task=ct3d or task=mri3d), or dds/dps for 2D tasks"
         )
-    if isinstance(slice_batch, bool) or int(slice_batch) != slice_batch or slice_batch < 1:
-        raise ValueError(f"{name}: slice_batch: expected a positive integer (slices per network call), got {slice_batch!r}")
-    if not rho > 0 or not lam >= 0:
-        raise ValueError(f"{name}: rho, lam: expected rho > 0 and lam >= 0, got {rho}, {lam}")
-    if not noise_std >= 0:
-        raise ValueError(f"{name}: noise_std: expected >= 0, got {noise_std}")
-    if op_norm is not None and not op_norm > 0:
-        raise ValueError(f"{name}: op_norm: expected > 0 or None, got {op_norm}")
+    check_number(slice_batch, "slice_batch", name, integer=True, minimum=1)
+    check_number(rho, "rho", name, positive=True)
+    check_number(lam, "lam", name, minimum=0)
+    check_number(noise_std, "noise_std", name, minimum=0)
+    check_number(op_norm, "op_norm", name, positive=True, optional=True)
     sigma_list = check_sigmas(sigmas)
     shape = posterior_shape(op, y, shape, name)
     device, dtype = measurement_device_dtype(y)
@@ -192,8 +190,7 @@ def _prepare(op, y, shape, slice_batch, rho, lam, noise_std, op_norm, sigmas, na
 
 
 def _check_cg(admm_cg, name: str) -> int:
-    if isinstance(admm_cg, bool) or int(admm_cg) != admm_cg or admm_cg < 0:
-        raise ValueError(f"{name}: admm_cg: expected a non-negative integer, got {admm_cg!r}")
+    check_number(admm_cg, "admm_cg", name, integer=True, minimum=0)
     return int(admm_cg)
 
 
@@ -284,6 +281,7 @@ def sample_diffusion_mbir(
         for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             # 1. Tweedie estimate, chunk by chunk through the 2D prior.
             x0_hat = denoise_in_chunks(denoiser, x, sigma, int(slice_batch))
+            check_step_finite(x0_hat, NAME, i, sigma)
             # 2. Diffusion step with the Tweedie estimate, then ADMM-TV on the new state.
             x_next = ddim_step(x, x0_hat, sigma, sigma_next, eta, generator=generator)
             x_next, z, u, admm = admm_tv_z_step(
@@ -291,7 +289,7 @@ def sample_diffusion_mbir(
             )
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, x0=x_next)
             x = x_next
-            check_finite(x, NAME, i, sigma)
+            check_step_finite(x, NAME, i, sigma)
     info = _info(start, len(sigma_list) - 1, admm, x, L, rho=rho, lam=lam, admm_cg=admm_cg, eta=eta,
                  circular=circular, decomposed=False, slice_batch=int(slice_batch))
     return x, info
@@ -360,6 +358,7 @@ def sample_dds3d(
         for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             # 1. Tweedie estimate, chunk by chunk through the 2D prior.
             x0_hat = denoise_in_chunks(denoiser, x, sigma, int(slice_batch))
+            check_step_finite(x0_hat, name, i, sigma)
             eps = (x - x0_hat) / sigma
             # 2. ADMM-TV from the Tweedie estimate.
             x0, z, u, admm = admm_tv_z_step(normal, ATy_n, x0_hat, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz)
@@ -367,7 +366,7 @@ def sample_dds3d(
             # 3. DDS's step towards the refined estimate.
             c1, c2 = dds_coefficients(sigma_next, eta)
             x = ve_step(x0, eps, c1, c2, generator=generator)
-            check_finite(x, name, i, sigma)
+            check_step_finite(x, name, i, sigma)
     info = _info(start, len(sigma_list) - 1, admm, x, L, rho=rho, lam=lam, admm_cg=admm_cg, eta=eta,
                  circular=circular, slice_batch=int(slice_batch))
     return x, info
@@ -455,8 +454,7 @@ def sample_diffusion_mbir_paper(
     name = "sample_diffusion_mbir_paper"
     start = time.perf_counter()
     admm_cg = _check_cg(admm_cg, name)
-    if not snr > 0:
-        raise ValueError(f"{name}: snr: expected > 0, got {snr}")
+    check_number(snr, "snr", name, positive=True)
     sigma_list, shape, device, dtype, ATy, L = _prepare(
         op, y, shape, slice_batch, rho, lam, noise_std, op_norm, sigmas, name
     )
@@ -486,11 +484,12 @@ def sample_diffusion_mbir_paper(
                 part = part + step * grad + torch.sqrt(step * 2) * noise
                 parts.append(part)
             x_pc = torch.cat(parts)
+            check_step_finite(x_pc, name, i, sigma)
             # 3. One ADMM-TV iteration on the volume.
             x_next, z, u, admm = admm_tv_z_step(normal, ATy_n, x_pc, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz)
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=torch.cat(estimates), x0=x_next)
             x = x_next
-            check_finite(x, name, i, sigma)
+            check_step_finite(x, name, i, sigma)
         if final_consistency:
             # 4. x + A^T (y - A x) / A^T A 1, where A^T A 1 > 0.
             norm_const = op.normal(torch.ones_like(x))

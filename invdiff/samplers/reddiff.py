@@ -59,6 +59,8 @@ regularised MAP point, not a sample: its spread across seeds is far below the po
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Sequence
 
@@ -68,9 +70,10 @@ from torch import Tensor
 from invdiff.priors.base import Denoiser
 from invdiff.samplers.common import (
     Callback,
-    check_finite,
     check_measurement,
+    check_number,
     check_sigmas,
+    check_step_finite,
     emit,
     likelihood_weight,
     measurement_device_dtype,
@@ -151,8 +154,14 @@ def sample_reddiff(
     start = time.perf_counter()
     check_measurement(y, NAME)
     sigma_list = check_sigmas(sigmas)
-    if not noise_std >= 0:
-        raise ValueError(f"{NAME}: noise_std: expected >= 0, got {noise_std}")
+    check_number(noise_std, "noise_std", NAME, minimum=0)
+    check_number(obs_weight, "obs_weight", NAME, positive=True)
+    if not (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas)
+    ):
+        raise ValueError(f"{NAME}: betas: expected two numbers in [0, 1) (Adam's decay rates), got {betas!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"{NAME}: weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
     k = network_sigma(denoiser, 1.0)
@@ -163,8 +172,10 @@ def sample_reddiff(
         if noise_std == 0:
             raise ValueError(f"{NAME}: data_weight: noise_std is 0, so give the data term's weight explicitly")
         data_weight = likelihood_weight(y, noise_std)
-    if not data_weight > 0 or not lam >= 0 or not lr > 0:
-        raise ValueError(f"{NAME}: expected data_weight > 0, lam >= 0 and lr > 0, got {data_weight}, {lam}, {lr}")
+    if not 0 < data_weight < math.inf or not 0 <= lam < math.inf or not 0 < lr < math.inf:
+        raise ValueError(
+            f"{NAME}: expected finite data_weight > 0, lam >= 0 and lr > 0, got {data_weight}, {lam}, {lr}"
+        )
     shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
     if init is None:
@@ -202,7 +213,7 @@ def sample_reddiff(
         optimizer.step()
         residual_norm = torch.linalg.vector_norm(residual.detach(), dim=1)
         emit(callback, i=i, sigma=sigma, x=x_t, x0_hat=x0_hat, mu=mu.detach(), residual_norm=residual_norm)
-        check_finite(mu.detach(), NAME, i, sigma)
+        check_step_finite(mu.detach(), NAME, i, sigma)
     with torch.no_grad():
         residual_norm = torch.linalg.vector_norm((y - op.A(mu)).flatten(1), dim=1)
     info = {

@@ -88,6 +88,7 @@ problem resamples), so a problem's particles depend only on its own measurement 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 
@@ -97,9 +98,10 @@ from torch import Tensor
 from invdiff.priors.base import Denoiser
 from invdiff.samplers.common import (
     Callback,
-    check_finite,
     check_measurement,
+    check_number,
     check_sigmas,
+    check_step_finite,
     emit,
     initial_noise,
     measurement_device_dtype,
@@ -114,7 +116,12 @@ from operators.cg import conjugate_gradient
 
 def check_particles(num_particles: int, ess_threshold: float, sampler: str) -> None:
     """Raise a ``ValueError`` for fewer than 2 particles or a threshold outside ``[0, 1]``."""
-    if int(num_particles) != num_particles or num_particles < 2:
+    whole = (
+        not isinstance(num_particles, bool)
+        and isinstance(num_particles, numbers.Real)
+        and float(num_particles).is_integer()
+    )
+    if not whole or num_particles < 2:
         raise ValueError(
             f"{sampler}: num_particles: expected an integer >= 2 (an ensemble), got {num_particles}; "
             f"for one chain per problem use dds, dps or reddiff"
@@ -124,9 +131,11 @@ def check_particles(num_particles: int, ess_threshold: float, sampler: str) -> N
 
 
 def check_noise(noise_std: float, sampler: str) -> None:
-    if not noise_std > 0:
+    """Raise a ``ValueError`` unless ``noise_std`` is finite and positive (NaN and infinity fail)."""
+    if not 0 < noise_std < math.inf:
         raise ValueError(
-            f"{sampler}: noise_std: expected > 0 (the weights use the Gaussian likelihood of y), got {noise_std}"
+            f"{sampler}: noise_std: expected > 0 and finite (the weights use the Gaussian likelihood of y), "
+            f"got {noise_std}"
         )
 
 
@@ -200,8 +209,7 @@ def _prepare(
     r"""Check the inputs; the schedule, shape, device, dtype, ``kappa`` (default :math:`\|A\|^2`
     for linear operators, else 1) and the particle layout."""
     check_measurement(y, name)
-    if data_std is not None and not data_std > 0:
-        raise ValueError(f"{name}: data_std: expected > 0 or None, got {data_std}")
+    check_number(data_std, "data_std", name, positive=True, optional=True)
     check_particles(num_particles, ess_threshold, name)
     check_noise(noise_std, name)
     sigma_list = check_sigmas(sigmas)
@@ -210,8 +218,7 @@ def _prepare(
     if kappa is None:
         like = torch.zeros((1, *shape[1:]), device=device, dtype=dtype)
         kappa = operator_norm(op.normal, like) if isinstance(op, LinearOperator) else 1.0
-    if not kappa >= 0:
-        raise ValueError(f"{name}: kappa: expected >= 0 or None, got {kappa}")
+    check_number(kappa, "kappa", name, minimum=0)
     return sigma_list, shape, device, dtype, kappa, Ensemble(y.shape[0], int(num_particles), device)
 
 
@@ -260,7 +267,7 @@ def _gaussian_tilt(u: float, noise_var: float, kappa: float, data_std: float | N
 
 
 def _tilted_solve(op: LinearOperator, c: float, rhs: Tensor, start: Tensor, cg_steps: int) -> tuple[Tensor, dict]:
-    """CG on :math:`(I + c A^T A)\, x = ` ``rhs`` from ``start``, to a relative residual of 1e-10."""
+    r"""CG on :math:`(I + c A^T A)\, x = ` ``rhs`` from ``start``, to a relative residual of 1e-10."""
     return conjugate_gradient(lambda v: v + c * op.normal(v), rhs, start, max_iter=cg_steps, tol=1e-10)
 
 
@@ -384,13 +391,13 @@ def _twisted_smc(
             if sigma_next == 0 and last_var:
                 # 3'. The last kernel N(D(x), last_var I), conditioned on the exact likelihood.
                 x, log_z = _tilted_mean(op, ys, likelihood_weight(ys, noise_std), mean, last_var, cg_steps=cg_steps)
-                check_finite(x, name, i, sigma)
+                check_step_finite(x, name, i, sigma)
                 log_w = log_w + ensemble.grouped(log_z - log_h).double()
                 break
             noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
             step = ((u - u_next) if u_next > 0 else 0.0) if official_shift else var
             x_next = mean + step * grad + math.sqrt(var) * noise
-            check_finite(x_next, name, i, sigma)
+            check_step_finite(x_next, name, i, sigma)
             # 4. Next twist (the exact likelihood at sigma = 0) and the weight update.
             if sigma_next > 0:
                 x0_next, log_h_next, grad_next = twist(x_next, sigma_next)
@@ -559,7 +566,7 @@ def _state_tilt_smc(
             # 3. Euler-Maruyama step of the reverse SDE: prior score plus likelihood drift.
             noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
             x_next = x + delta * drift + math.sqrt(delta) * noise
-            check_finite(x_next, name, i, sigma)
+            check_step_finite(x_next, name, i, sigma)
             # 4. Feynman-Kac weight over [u', u], trapezoidal along the move: the rate term at
             # both ends, and the change of h_u at fixed x averaged over both ends.
             Ax_next = op.A(x_next)
@@ -648,8 +655,7 @@ def sample_tds(
     )
     ys = ensemble.repeat(y)
 
-    if not tausq > 0:
-        raise ValueError(f"{name}: tausq: expected > 0, got {tausq}")
+    check_number(tausq, "tausq", name, positive=True)
     data_scale = network_sigma(denoiser, 1.0)
 
     def variance(sigma: float) -> float:
@@ -778,6 +784,8 @@ def sample_afdps(
         raise ValueError(f"{name}: op: expected a LinearOperator (stage I solves with its adjoint), got {op!r}")
     if integrator not in AFDPS_INTEGRATORS:
         raise ValueError(f"{name}: integrator: expected one of {AFDPS_INTEGRATORS}, got {integrator!r}")
+    check_number(cg_steps, "cg_steps", name, integer=True, minimum=0)
+    cg_steps = int(cg_steps)
     sigma_list, shape, device, dtype, _, ensemble = _prepare(
         name, denoiser, op, y, sigmas, shape, noise_std, num_particles, ess_threshold, 1.0, None
     )
@@ -794,7 +802,7 @@ def sample_afdps(
         # 1. Stage I: exact draw from N(0, rho^2 I) exp(-mu_y) by perturb-and-solve.
         zeros = torch.zeros((ensemble.B * ensemble.N, *shape[1:]), device=device, dtype=dtype)
         x, cg = _tilted_draw(op, ys, w, zeros, sigma_list[0] ** 2, generator=generator, cg_steps=cg_steps)
-        check_finite(x, name, 0, sigma_list[0])
+        check_step_finite(x, name, 0, sigma_list[0])
         log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
         ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
         n = len(sigma_list) - 1
@@ -826,7 +834,7 @@ def sample_afdps(
                 else:  # the last step is deterministic: x' = m
                     x, log_z = m, -mu(m)
                 log_w = log_w + ensemble.grouped(log_z + mu_x).double()
-            check_finite(x, name, i, t)
+            check_step_finite(x, name, i, t)
             # 4. Algorithm 1: resample on low ESS (not after the last step).
             if resample and i < n - 1:
                 log_w, did, (x,) = ensemble.maybe_resample(log_w, ess_threshold, generator, x)

@@ -27,8 +27,8 @@ from invdiff.priors.base import Denoiser
 from invdiff.samplers.common import (
     Callback,
     check_eta,
-    check_finite,
     check_sigmas,
+    check_step_finite,
     ddim_step,
     emit,
     infer_device_dtype,
@@ -86,7 +86,7 @@ def sample_ddim(
         emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat)
         # 2. DDIM step.
         x = ddim_step(x, x0_hat, sigma, sigma_next, eta, generator=generator)
-        check_finite(x, "sample_ddim", i, sigma)
+        check_step_finite(x, "sample_ddim", i, sigma)
     return x, {"nfe": len(sigma_list) - 1, "seconds": time.perf_counter() - start}
 
 
@@ -148,7 +148,7 @@ def sample_heun(
             nfe += 1
             x_next = x + (sigma_next - sigma) * (d + d_next) / 2
         x = x_next
-        check_finite(x, "sample_heun", i, sigma)
+        check_step_finite(x, "sample_heun", i, sigma)
     return x, {"nfe": nfe, "seconds": time.perf_counter() - start}
 
 
@@ -197,5 +197,5 @@ def sample_dpmpp_2m(
             x = (sigma_next / sigma) * x - math.expm1(-h) * d
             h_prev = h
         x0_prev = x0_hat
-        check_finite(x, "sample_dpmpp_2m", i, sigma)
+        check_step_finite(x, "sample_dpmpp_2m", i, sigma)
     return x, {"nfe": len(sigma_list) - 1, "seconds": time.perf_counter() - start}

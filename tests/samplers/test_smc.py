@@ -171,7 +171,7 @@ def test_bad_input_names_the_choice_and_the_alternatives():
         sample_smc_ensemble(prior, op, ys, sigmas_vp(5), noise_std=0.2, generator=seeded(0), ess_threshold=1.5)
     with pytest.raises(ValueError, match=r"sample_smc_ensemble: tilt: expected one of denoised, state, got 'noisy'"):
         sample_smc_ensemble(prior, op, ys, sigmas_vp(5), noise_std=0.2, generator=seeded(0), tilt="noisy")
-    with pytest.raises(ValueError, match=r"sample_tds: data_std: expected > 0 or None, got 0"):
+    with pytest.raises(ValueError, match=r"sample_tds: data_std: expected a finite number > 0 or None, got 0"):
         sample_tds(prior, op, ys, sigmas_vp(5), noise_std=0.2, generator=seeded(0), data_std=0)
 
 
