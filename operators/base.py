@@ -113,6 +113,34 @@ def check_finite(x: Tensor, name: str) -> None:
         )
 
 
+def check_weights(w: Tensor, name: str, *, at_most: float | None = None, hint: str = "") -> None:
+    """Raise a ``ValueError`` naming ``name`` unless the real mask or weights ``w`` are finite,
+    non-negative and, with ``at_most``, no larger than it. Boolean masks always pass.
+
+    Meant for constructors (one check per operator, not per call).
+
+    Args:
+        w: a real or boolean tensor.
+        name: the argument name used in the message.
+        at_most: the largest value allowed, e.g. 1 for a mask of observed pixels.
+        hint: appended to the message for values above ``at_most``.
+    """
+    if w.dtype == torch.bool:
+        return
+    check_finite(w, name)
+    low, high = (float(v) for v in torch.stack((w.min(), w.max())).tolist())
+    if low < 0:
+        raise ValueError(
+            f"{name}: expected non-negative values (0 where not sampled or missing), got "
+            f"{int((w < 0).sum())} negative values (the smallest {low:g})"
+        )
+    if at_most is not None and high > at_most:
+        raise ValueError(
+            f"{name}: expected values in [0, {at_most:g}], got {int((w > at_most).sum())} above "
+            f"{at_most:g} (the largest {high:g}){hint}"
+        )
+
+
 def _move(value, device, dtype):
     if isinstance(value, Tensor):
         if dtype is None or not (value.is_floating_point() or value.is_complex()):
@@ -329,6 +357,7 @@ class Multiply(LinearOperator):
 
     def __init__(self, weights: Tensor):
         check_tensor(weights, "weights")
+        check_finite(weights, "weights")
         self.weights = weights
 
     def A(self, x: Tensor) -> Tensor:
@@ -515,6 +544,7 @@ class Matrix(LinearOperator):
 
     def __init__(self, matrix: Tensor, in_shape: Sequence[int] | None = None):
         check_tensor(matrix, "matrix", ndim=2)
+        check_finite(matrix, "matrix")
         self.matrix = matrix
         self.in_shape = tuple(in_shape) if in_shape is not None else (matrix.shape[1],)
         if math.prod(self.in_shape) != matrix.shape[1]:

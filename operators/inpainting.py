@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, cast_like, check_finite, check_tensor
+from operators.base import LinearOperator, cast_like, check_finite, check_tensor, check_weights
 
 
 def _check_shape(shape, name: str = "shape") -> tuple[int, int]:
@@ -24,13 +24,19 @@ class Inpainting(LinearOperator):
     r"""Pointwise masking, :math:`y = m \odot x`, same shape as ``x`` with zeros where missing.
 
     Args:
-        mask: real, ``(H, W)`` or ``(B, C, H, W)`` with ``B`` and ``C`` each 1 or the input's.
+        mask: real, ``(H, W)`` or ``(B, C, H, W)`` with ``B`` and ``C`` each 1 or the input's;
+            values in ``[0, 1]`` (1 observed, 0 missing, weights between).
+
+    Raises:
+        ValueError: ``mask`` has the wrong shape or dtype, or holds NaN, infinite, negative or
+            larger-than-1 values (a 0/255 image mask must be divided by 255 first).
     """
 
     def __init__(self, mask: Tensor):
         check_tensor(mask, "mask", complex_=False)
         if mask.ndim not in (2, 4):
             raise ValueError(f"mask: expected (H, W) or (B, C, H, W), got shape {tuple(mask.shape)}")
+        check_weights(mask, "mask", at_most=1.0, hint="; an 8-bit image mask (0/255) needs dividing by 255")
         self.mask = mask
 
     def _mask(self, x: Tensor, name: str) -> Tensor:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from operators.base import check_weights
+
 Seed = int | tuple[int, ...] | None
 
 _DEFAULT_CENTER_FRACTION = {4: 0.08, 8: 0.04}
@@ -209,6 +211,7 @@ def acceleration_of(mask: Tensor) -> float | Tensor:
     if not isinstance(mask, Tensor) or mask.ndim < 2:
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"mask: expected a tensor (..., H, W), got {got}")
+    check_weights(mask, "mask")
     sampled = (mask != 0).flatten(-2).sum(-1).double()
     acc = (mask.shape[-2] * mask.shape[-1]) / sampled
     return float(acc) if mask.ndim == 2 else acc
@@ -239,13 +242,15 @@ def acs_lines(mask: Tensor | np.ndarray) -> tuple[int, int]:
         ``stop`` are not (or lie outside the mask).
 
     Raises:
-        ValueError: ``mask`` is not a line mask, or its centre column ``W // 2`` is not sampled.
+        ValueError: ``mask`` is not a line mask, holds NaN, infinite or negative values, or its
+            centre column ``W // 2`` is not sampled.
     """
     lines = torch.as_tensor(mask)
     if lines.ndim == 0 or lines.numel() == 0:
         raise ValueError(f"mask: expected a line mask (W,) or (H, W), got shape {tuple(lines.shape)}")
     if lines.is_complex():
         raise ValueError(f"mask: expected a real or boolean mask, got dtype {lines.dtype}")
+    check_weights(lines, "mask")
     squeezed = lines.squeeze() if lines.numel() > 1 else lines.reshape(1)
     if squeezed.ndim == 2:
         sampled = squeezed != 0

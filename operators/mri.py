@@ -33,7 +33,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, cast_like, check_finite, check_tensor
+from operators.base import LinearOperator, cast_like, check_finite, check_tensor, check_weights
 
 
 def fft2c(x: Tensor) -> Tensor:
@@ -84,7 +84,8 @@ def _ramps_2d(H: int, W: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def _check_mask(mask: Tensor) -> Tensor:
-    """A real floating mask, ``(H, W)`` or ``(B, H, W)``; boolean masks become float32."""
+    """A real floating mask, ``(H, W)`` or ``(B, H, W)``, finite and non-negative (0/1 or density
+    weights, which may exceed 1); boolean masks become float32."""
     check_tensor(mask, "mask")
     if mask.dtype == torch.bool:
         mask = mask.float()
@@ -92,6 +93,7 @@ def _check_mask(mask: Tensor) -> Tensor:
         raise ValueError(f"mask: expected a real floating-point or boolean tensor, got dtype {mask.dtype}")
     if mask.ndim not in (2, 3):
         raise ValueError(f"mask: expected (H, W) or (B, H, W), got shape {tuple(mask.shape)}")
+    check_weights(mask, "mask")
     return mask
 
 
@@ -157,11 +159,14 @@ class SingleCoilMRI(LinearOperator):
     r"""Single-coil Cartesian MRI, :math:`y = m \odot \mathcal F_c x`, channel by channel.
 
     Args:
-        mask: real sampling mask (0/1 or weights), ``(H, W)`` or ``(B, H, W)`` (``B`` may be 1);
-            boolean masks are accepted.
+        mask: real sampling mask (0/1 or non-negative weights), finite, ``(H, W)`` or
+            ``(B, H, W)`` (``B`` may be 1); boolean masks are accepted.
 
     Shapes:
         ``x``: ``(B, C, H, W)`` complex; ``y``: ``(B, C, H, W)`` complex, zero where not sampled.
+
+    Raises:
+        ValueError: ``mask`` has the wrong shape or dtype, or holds NaN, infinite or negative values.
     """
 
     def __init__(self, mask: Tensor):
@@ -216,13 +221,18 @@ class MultiCoilMRI(LinearOperator):
     differ; ``op.to(dtype=...)`` casts them once.
 
     Args:
-        coil_maps: complex sensitivities, ``(C, H, W)`` or ``(B, C, H, W)`` (``B`` may be 1).
-        mask: real sampling mask (0/1 or weights), ``(H, W)`` or ``(B, H, W)`` (``B`` may be 1);
-            boolean masks are accepted.
+        coil_maps: complex sensitivities, finite, ``(C, H, W)`` or ``(B, C, H, W)`` (``B`` may be
+            1), ``C >= 1``.
+        mask: real sampling mask (0/1 or non-negative weights), finite, ``(H, W)`` or
+            ``(B, H, W)`` (``B`` may be 1); boolean masks are accepted.
 
     Shapes:
         ``x``: ``(B, 1, H, W)`` complex; ``y``: ``(B, C, H, W)`` complex, the full zero-filled
         k-space of each coil.
+
+    Raises:
+        ValueError: ``coil_maps`` or ``mask`` has the wrong shape or dtype, is empty (no coils), or
+            holds NaN or infinite values, or ``mask`` negative ones.
     """
 
     def __init__(self, coil_maps: Tensor, mask: Tensor):
@@ -231,6 +241,7 @@ class MultiCoilMRI(LinearOperator):
             raise ValueError(
                 f"coil_maps: expected (C, H, W) or (B, C, H, W), got shape {tuple(coil_maps.shape)}"
             )
+        check_finite(coil_maps, "coil_maps")
         mask = _check_mask(mask)
         if coil_maps.shape[-2:] != mask.shape[-2:]:
             raise ValueError(

@@ -21,6 +21,8 @@ from operators import (
     RealToComplex,
     SingleCoilMRI,
     SuperResolution,
+    acceleration_of,
+    acs_lines,
     conjugate_gradient,
 )
 
@@ -133,3 +135,63 @@ def test_fbp_rejects_non_finite_sinogram():
     y[0, 0, 2, 3] = NAN
     with pytest.raises(ValueError, match="sinogram: contains 1 NaN"):
         op.fbp(y)
+
+
+# --- B. masks and coil maps with NaN or negative values -------------------------------------------
+
+
+def _bad(t: torch.Tensor, value: float) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[t.numel() // 2] = value
+    return t
+
+
+MASK_BUILDERS = {
+    "multicoil": lambda mask: MultiCoilMRI(_maps(), mask),
+    "singlecoil": SingleCoilMRI,
+    "inpainting": Inpainting,
+    "acceleration_of": acceleration_of,
+    "acs_lines": acs_lines,
+}
+"""Everything that takes a sampling mask from the user."""
+
+
+@pytest.mark.parametrize("name", sorted(MASK_BUILDERS))
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_masks_reject_non_finite_values(name, bad):
+    with pytest.raises(ValueError, match=r"mask: contains 1 NaN or infinite values \(of 64\)"):
+        MASK_BUILDERS[name](_bad(torch.ones(8, 8), bad))
+
+
+@pytest.mark.parametrize("name", sorted(MASK_BUILDERS))
+def test_masks_reject_negative_values(name):
+    with pytest.raises(ValueError, match=r"mask: expected non-negative values .* 1 negative values \(the smallest -0.5\)"):
+        MASK_BUILDERS[name](_bad(torch.ones(8, 8), -0.5))
+
+
+def test_inpainting_mask_is_at_most_one():
+    """A 0/255 mask read from an image would silently scale the measurement by 255."""
+    with pytest.raises(ValueError, match=r"mask: expected values in \[0, 1\], got 64 above 1 .*divid"):
+        Inpainting(torch.full((8, 8), 255.0))
+    Inpainting(torch.full((8, 8), 0.5))
+
+
+def test_mri_masks_keep_density_weights_above_one():
+    """Weighted MRI masks (density weights, the tests' 1-2 row weights) stay allowed."""
+    SingleCoilMRI(torch.full((8, 8), 1.5))
+    MultiCoilMRI(_maps(), torch.full((8, 8), 2.0))
+
+
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_coil_maps_reject_non_finite_values(bad):
+    maps = _maps()
+    maps[1, 2, 3] = complex(0.0, bad)
+    with pytest.raises(ValueError, match=r"coil_maps: contains 1 NaN or infinite values \(of 192\)"):
+        MultiCoilMRI(maps, torch.ones(8, 8))
+
+
+def test_buffers_of_generic_operators_reject_non_finite_values():
+    with pytest.raises(ValueError, match="weights: contains 1 NaN"):
+        Multiply(_bad(torch.ones(4, 4), NAN))
+    with pytest.raises(ValueError, match="matrix: contains 1 NaN"):
+        Matrix(_bad(torch.ones(3, 4), INF))
