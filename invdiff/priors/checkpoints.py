@@ -9,7 +9,8 @@ layout         file
 ``diffusers``  a diffusers ``UNet2DModel`` folder (``config.json`` + safetensors weights)
 =============  ==================================================================================
 
-Nothing is downloaded: a missing file is an error that names the path. Files are read with
+Nothing is downloaded: a missing file is an error that names the path, and so is an empty, a
+truncated or an unreadable one. Files are read with
 ``torch.load(..., map_location="cpu", weights_only=True)`` or safetensors, so a file that would
 unpickle arbitrary objects is refused. Keys are matched strictly; a mismatch names the missing
 and the unexpected keys. NVlabs' original EDM ``.pkl`` files pickle whole Python objects and
@@ -52,12 +53,21 @@ def require_file(path: str | os.PathLike, layout: str) -> Path:
     return path
 
 
+def _require_content(path: Path, expected: str) -> None:
+    """``ValueError`` naming ``path`` when the file is empty."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: an empty file, expected {expected} (an interrupted copy or download?)")
+
+
 def read_checkpoint(path: str | os.PathLike) -> object:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file.
 
     Raises:
-        ValueError: the file holds arbitrary pickled objects (refused) or is not a torch file.
+        ValueError: the file is empty, holds arbitrary pickled objects (refused), or is not a
+            readable torch file (truncated, or written by something other than ``torch.save``).
     """
+    path = Path(path)
+    _require_content(path, "a torch checkpoint (torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -65,11 +75,39 @@ def read_checkpoint(path: str | os.PathLike) -> object:
             f"{path}: refused to load, it is not a plain state dict of tensors (weights_only=True forbids "
             f"unpickling arbitrary objects; re-save it as a state dict): {exc}"
         ) from exc
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(
+            f"{path}: not a readable torch checkpoint (truncated, or not written by torch.save?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
-def _is_state_dict(obj: object) -> bool:
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and the metadata of a ``.safetensors`` file, with errors that name the file.
+
+    Returns:
+        The state dict (on the CPU) and the metadata (``{}`` when the file has none).
+
+    Raises:
+        ValueError: the file is empty or not a readable safetensors file (truncated, or another
+            format under a ``.safetensors`` name).
+    """
+    st = require_safetensors()
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    _require_content(path, "a safetensors file")
+    try:
+        with st.safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a readable safetensors file (truncated, or not safetensors?): {exc}") from exc
+
+
+def is_state_dict(obj: object) -> bool:
+    """``obj`` is a non-empty dict from strings to tensors."""
     return (
         isinstance(obj, dict)
         and bool(obj)
@@ -84,17 +122,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     from there, and a ``"module."`` prefix on every key (``DataParallel``) is removed.
 
     Raises:
-        ValueError: the file holds no state dict.
+        ValueError: the file is unreadable (:func:`read_checkpoint`, :func:`read_safetensors`) or
+            holds no state dict.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        obj: object = require_safetensors().load_file(str(path))
+        obj: object = read_safetensors(path)[0]
     else:
         obj = read_checkpoint(path)
-    if not _is_state_dict(obj) and isinstance(obj, dict):
-        nested = [obj[k] for k in ("state_dict", "model", "ema", "net") if _is_state_dict(obj.get(k))]
+    if not is_state_dict(obj) and isinstance(obj, dict):
+        nested = [obj[k] for k in ("state_dict", "model", "ema", "net") if is_state_dict(obj.get(k))]
         obj = nested[0] if nested else obj
-    if not _is_state_dict(obj):
+    if not is_state_dict(obj):
         what = f"a dict with keys {list(obj)[:_SHOW]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise ValueError(f"{path}: expected a state dict (str -> Tensor), found {what}")
     if all(k.startswith("module.") for k in obj):
@@ -176,8 +215,9 @@ def load_adm(
             raise ValueError(f"config: unknown ADM config {config!r}; available: {sorted(ADM_CONFIGS)}")
         config = ADM_CONFIGS[config]
     path = require_file(path, "adm")
+    state = read_state_dict(path)
     net = ADMUNet(**config)
-    load_state_dict_strict(net, read_state_dict(path), path)
+    load_state_dict_strict(net, state, path)
     denoiser = adm_denoiser(net, data_range=data_range, alphas_cumprod=alphas_cumprod, timesteps=timesteps)
     denoiser.source = str(path)
     return denoiser
@@ -258,10 +298,11 @@ def load_edm(
     if "pretrained" in config:
         raise ValueError("pretrained: not an option here; the weights come from path")
     path = require_file(path, "edm")
+    state = read_state_dict(path)
     net = archs[arch](pretrained=None, **config)
     net._was_trained_on_minus_one_one = False
     net.pixel_std = float(sigma_data)
-    load_state_dict_strict(net, read_state_dict(path), path)
+    load_state_dict_strict(net, state, path)
     net.eval().requires_grad_(False)
     res = config.get("img_resolution")
     shape = (config.get("in_channels", 3), res, res) if res is not None else None
@@ -307,6 +348,17 @@ def _diffusers_alphas_cumprod(cfg: dict, source: Path | str) -> Tensor:
             "expected linear, scaled_linear or squaredcos_cap_v2"
         )
     return torch.cumprod(1 - betas, 0)
+
+
+def _read_json_object(path: Path, expected: str) -> dict:
+    """A JSON object from ``path``; ``ValueError`` naming the file if it is not one."""
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: is not JSON ({exc}); expected {expected}") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected {expected} (a JSON object), found a {type(obj).__name__}")
+    return obj
 
 
 _DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -366,7 +418,7 @@ def load_diffusers(
         folder.parent / "scheduler" / "scheduler_config.json",
     ]
     found = next((p for p in candidates if p.is_file()), None)
-    sched = json.loads(found.read_text()) if found is not None else {}
+    sched = _read_json_object(found, "a diffusers scheduler config") if found is not None else {}
     prediction_type = sched.get("prediction_type", "epsilon")
     if prediction_type not in _DIFFUSERS_PREDICTIONS:
         raise ValueError(

@@ -136,14 +136,32 @@ def load_gaussian(path: str | Path) -> LowRankGaussian:
     """Read a prior written by :func:`save_gaussian` (tensors only, ``weights_only=True``).
 
     Its ``source`` is ``path``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: naming ``path``: an empty, truncated or unreadable file
+            (:func:`~invdiff.priors.checkpoints.read_checkpoint`), or not the tensors
+            :func:`save_gaussian` writes.
     """
+    from invdiff.priors.checkpoints import read_checkpoint  # here: it imports the network modules
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such Gaussian prior file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"mean", "basis", "variances", "residual_variance", "shape"} - set(state)
+    state = read_checkpoint(path)
+    keys = {"mean", "basis", "variances", "residual_variance", "shape"}
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a Gaussian prior file; expected a dict of tensors {sorted(keys)} "
+                         f"(save_gaussian), found a {type(state).__name__}")
+    missing = keys - set(state)
     if missing:
         raise ValueError(f"{path}: not a Gaussian prior file, missing {sorted(missing)}")
-    prior = LowRankGaussian.from_state(state)
+    not_tensors = sorted(k for k in keys if not isinstance(state[k], Tensor))
+    if not_tensors:
+        raise ValueError(f"{path}: not a Gaussian prior file, {not_tensors} are not tensors")
+    try:
+        prior = LowRankGaussian.from_state(state)
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a consistent Gaussian prior file: {exc}") from exc
     prior.source = str(path)
     return prior

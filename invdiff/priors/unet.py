@@ -377,36 +377,67 @@ def load_prior(path: str | os.PathLike) -> Denoiser:
     Returns:
         The adapter around its network, weights loaded with strict key matching; ``source`` is
         ``path``, ``size_multiple`` the network's.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: naming ``path``: an empty, truncated or unreadable file, not an invdiff prior,
+            a newer format version, a metadata ``config`` that is not the JSON :func:`save_prior`
+            writes or does not build a network, or weights that do not match it.
     """
     # Imported here: checkpoints imports this module for its ``invdiff`` layout.
-    from invdiff.priors.checkpoints import load_state_dict_strict, read_checkpoint, require_file
+    from invdiff.priors.checkpoints import (
+        is_state_dict, load_state_dict_strict, read_checkpoint, read_safetensors, require_file,
+    )
 
     path = require_file(path, "invdiff")
     if path.suffix == ".safetensors":
-        st = require_safetensors()
-        with st.safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = st.load_file(str(path))
+        state, meta = read_safetensors(path)
     else:
         meta = read_checkpoint(path)
-        if not isinstance(meta, dict) or not isinstance(meta.get("state_dict"), dict):
+        if not isinstance(meta, dict) or not is_state_dict(meta.get("state_dict")):
             raise ValueError(
                 f"{path}: not an invdiff prior (expected a dict with 'format', 'config', 'state_dict')"
             )
         state = meta["state_dict"]
     if meta.get("format") != FORMAT or not isinstance(meta.get("config"), str):
         raise ValueError(f"{path}: not an invdiff prior (format {meta.get('format')!r}, expected {FORMAT!r})")
-    if int(meta.get("version", 0)) > FORMAT_VERSION:
+    version = str(meta.get("version", 0))
+    if not version.isdigit():
+        raise ValueError(f"{path}: metadata 'version' is {version!r}, expected a whole number")
+    if int(version) > FORMAT_VERSION:
         raise ValueError(
-            f"{path}: invdiff prior format version {meta['version']}, newer than this invdiff reads "
+            f"{path}: invdiff prior format version {version}, newer than this invdiff reads "
             f"({FORMAT_VERSION}); update invdiff"
         )
-    config = json.loads(meta["config"])
-    adapter, network = dict(config["adapter"]), dict(config["network"])
-    kind, arch = adapter.pop("kind"), network.pop("arch")
-    if kind not in ADAPTERS or arch not in NETWORKS:
-        raise ValueError(f"{path}: unknown adapter {kind!r} or network {arch!r}")
-    denoiser = ADAPTERS[kind](NETWORKS[arch](**network), **adapter)
+    kind, adapter, arch, network = _prior_config(meta["config"], path)
+    try:
+        denoiser = ADAPTERS[kind](NETWORKS[arch](**network), **adapter)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path}: metadata 'config' does not build a {kind!r} adapter around a {arch!r} network: {exc}"
+        ) from exc
     load_state_dict_strict(denoiser, state, path)
     denoiser.source = str(path)
     return denoiser.eval().requires_grad_(False)
+
+
+def _prior_config(text: str, path: Path) -> tuple[str, dict, str, dict]:
+    """``kind, adapter options, arch, network options`` from the JSON ``config`` of a prior file."""
+    expected = '{"adapter": {"kind": ..., ...}, "network": {"arch": ..., ...}} as save_prior writes it'
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: metadata 'config' is not JSON ({exc}); expected {expected}") from exc
+    adapter = config.get("adapter") if isinstance(config, dict) else None
+    network = config.get("network") if isinstance(config, dict) else None
+    if not (isinstance(adapter, dict) and "kind" in adapter and isinstance(network, dict) and "arch" in network):
+        raise ValueError(f"{path}: metadata 'config' is not an invdiff prior description; expected {expected}, "
+                         f"got {text[:200]!r}")
+    adapter, network = dict(adapter), dict(network)
+    kind, arch = adapter.pop("kind"), network.pop("arch")
+    if kind not in ADAPTERS or arch not in NETWORKS:
+        raise ValueError(
+            f"{path}: unknown adapter {kind!r} or network {arch!r}; expected one of {sorted(ADAPTERS)} "
+            f"around one of {sorted(NETWORKS)}"
+        )
+    return kind, adapter, arch, network
