@@ -22,8 +22,8 @@ class GaussianNoise:
     """
 
     def __init__(self, sigma: float):
-        if not sigma >= 0:
-            raise ValueError(f"sigma: expected a non-negative standard deviation, got {sigma}")
+        if not 0 <= sigma < math.inf:
+            raise ValueError(f"sigma: expected a finite, non-negative standard deviation, got {sigma}")
         self.sigma = float(sigma)
 
     def __call__(self, z: Tensor, *, generator: torch.Generator | None) -> Tensor:
@@ -47,8 +47,8 @@ class PoissonNoise:
     """
 
     def __init__(self, photons: float, *, normalize: bool = True):
-        if not photons > 0:
-            raise ValueError(f"photons: expected a positive photon count, got {photons}")
+        if not 0 < photons < math.inf:
+            raise ValueError(f"photons: expected a finite, positive photon count, got {photons}")
         self.photons = float(photons)
         self.normalize = normalize
 

@@ -31,8 +31,8 @@ class PhaseRetrieval(Operator):
     """
 
     def __init__(self, oversampling: float = 2.0, *, intensity: bool = False):
-        if not oversampling >= 1:
-            raise ValueError(f"oversampling: expected a ratio >= 1, got {oversampling}")
+        if not 1 <= oversampling < math.inf:
+            raise ValueError(f"oversampling: expected a finite ratio >= 1, got {oversampling}")
         self.oversampling = float(oversampling)
         self.intensity = intensity
 
@@ -75,10 +75,10 @@ class TransmissionCT(Operator):
     def __init__(self, projector: LinearOperator, I0: float = 1e4, mu: float = 1.0):
         if not isinstance(projector, LinearOperator):
             raise ValueError(f"projector: expected a LinearOperator, got {type(projector).__name__}")
-        if not I0 > 0:
-            raise ValueError(f"I0: expected a positive photon count, got {I0}")
-        if not mu > 0:
-            raise ValueError(f"mu: expected a positive attenuation per pixel length, got {mu}")
+        if not 0 < I0 < math.inf:
+            raise ValueError(f"I0: expected a finite, positive photon count, got {I0}")
+        if not 0 < mu < math.inf:
+            raise ValueError(f"mu: expected a finite, positive attenuation per pixel length, got {mu}")
         self.projector = projector
         self.I0 = float(I0)
         self.mu = float(mu)

@@ -49,8 +49,8 @@ def downsampling_kernel(factor: int, kernel: str = "bicubic", sigma: float | Non
         radius = 2 * factor
     elif kernel == "gaussian":
         sigma = factor / 2 if sigma is None else sigma
-        if not sigma > 0:
-            raise ValueError(f"sigma: expected a positive standard deviation, got {sigma}")
+        if not 0 < sigma < math.inf:
+            raise ValueError(f"sigma: expected a finite, positive standard deviation, got {sigma}")
         radius = 3 * sigma
     else:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
@@ -82,6 +82,8 @@ class SuperResolution(LinearOperator):
         self.factor = int(factor)
         self.kernel = kernel
         self.taps, self.first = downsampling_kernel(self.factor, kernel, sigma)
+        if not 0 <= rcond < 1:
+            raise ValueError(f"rcond: expected a relative threshold in [0, 1), got {rcond}")
         self.rcond = rcond
 
     def _spectrum(self, n: int, like: Tensor) -> Tensor:

@@ -19,6 +19,8 @@ is reconstructed and written like any other, and not scored.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,8 +81,8 @@ class Problem:
             raise ValueError(f"x_shape: a complex problem holds 2 channels (real, imaginary), got {self.x_shape}")
         if not self.scale > 0:
             raise ValueError(f"scale: expected > 0, got {self.scale}")
-        if not self.noise_std >= 0:
-            raise ValueError(f"noise_std: expected >= 0, got {self.noise_std}")
+        if not 0 <= self.noise_std < math.inf:
+            raise ValueError(f"noise_std: expected a finite number >= 0, got {self.noise_std}")
 
     @property
     def batch(self) -> int:
@@ -121,7 +123,13 @@ class Problem:
 
 
 def measure(op: Operator, x: Tensor, noise_std: float, seed: int) -> Tensor:
-    """``op.A(x)`` plus Gaussian noise of ``noise_std`` from a generator seeded with ``seed``."""
+    """``op.A(x)`` plus Gaussian noise of ``noise_std`` from a generator seeded with ``seed``.
+
+    Raises:
+        ValueError: ``noise_std`` is not a finite number ``>= 0``.
+    """
+    if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real) or not 0 <= noise_std < math.inf:
+        raise ValueError(f"noise_std: expected a finite number >= 0, got {noise_std!r}")
     return GaussianNoise(noise_std)(op.A(x), generator=torch.Generator().manual_seed(seed))
 
 

@@ -11,6 +11,7 @@ at its own size; :mod:`invdiff.problems.images`), and ``inpaint`` and ``sr`` RGB
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,10 +38,17 @@ from operators import (
     sparse_view_angles,
 )
 
+
 def mri_operator(
     size: int, coils: int, acceleration: float, center_fraction: float | None, mask_kind: str, seed: int
 ) -> Operator:
-    """Birdcage coil maps, a fastMRI line mask seeded by ``seed``, on real (real, imaginary) channels."""
+    """Birdcage coil maps, a fastMRI line mask seeded by ``seed``, on real (real, imaginary) channels.
+
+    Raises:
+        ValueError: ``coils`` is not a positive integer, or the mask's arguments are out of range.
+    """
+    if isinstance(coils, bool) or not isinstance(coils, numbers.Integral) or coils < 1:
+        raise ValueError(f"coils: expected a positive integer, got {coils!r}")
     maps = torch.from_numpy(sigpy.mri.birdcage_maps((coils, size, size))).to(torch.complex64)
     mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
     return MultiCoilMRI(maps, mask) @ RealToComplex()

@@ -12,15 +12,19 @@ import torch
 
 from operators import (
     CenterCrop,
+    GaussianNoise,
     Identity,
     Inpainting,
     Matrix,
     MultiCoilMRI,
     Multiply,
     ParallelBeamCT,
+    PhaseRetrieval,
+    PoissonNoise,
     RealToComplex,
     SingleCoilMRI,
     SuperResolution,
+    TransmissionCT,
     acceleration_of,
     acs_lines,
     conjugate_gradient,
@@ -195,3 +199,18 @@ def test_buffers_of_generic_operators_reject_non_finite_values():
         Multiply(_bad(torch.ones(4, 4), NAN))
     with pytest.raises(ValueError, match="matrix: contains 1 NaN"):
         Matrix(_bad(torch.ones(3, 4), INF))
+
+
+def test_physical_constants_must_be_finite():
+    with pytest.raises(ValueError, match="sigma: expected a finite, non-negative standard deviation, got inf"):
+        GaussianNoise(INF)
+    with pytest.raises(ValueError, match="photons: expected a finite, positive photon count, got inf"):
+        PoissonNoise(INF)
+    with pytest.raises(ValueError, match=r"rcond: expected a relative threshold in \[0, 1\), got nan"):
+        SuperResolution(2, rcond=NAN)
+    with pytest.raises(ValueError, match="sigma: expected a finite, positive standard deviation, got inf"):
+        SuperResolution(2, "gaussian", sigma=INF)
+    with pytest.raises(ValueError, match="oversampling: expected a finite ratio >= 1, got inf"):
+        PhaseRetrieval(INF)
+    with pytest.raises(ValueError, match="I0: expected a finite, positive photon count, got inf"):
+        TransmissionCT(ParallelBeamCT((8, 8), 4), I0=INF)
