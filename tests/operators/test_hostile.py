@@ -29,6 +29,7 @@ from operators import (
     acs_lines,
     conjugate_gradient,
 )
+from tests.operators.cases import LINEAR_CASES
 
 pytestmark = pytest.mark.hostile
 
@@ -214,3 +215,30 @@ def test_physical_constants_must_be_finite():
         PhaseRetrieval(INF)
     with pytest.raises(ValueError, match="I0: expected a finite, positive photon count, got inf"):
         TransmissionCT(ParallelBeamCT((8, 8), 4), I0=INF)
+
+
+# --- C. empty batches -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR_CASES))
+def test_empty_batch_is_a_clear_error_or_an_empty_result(name):
+    """A ``(0, C, H, W)`` input used to reach MKL ("Inconsistent configuration parameters")."""
+    op, x = LINEAR_CASES[name](torch.float32, torch.device("cpu"))
+    y = op.A(x)
+    for method, t in (("A", x[:0]), ("AT", y[:0]), ("normal", x[:0]), ("pinv", y[:0])):
+        try:
+            out = getattr(op, method)(t)
+        except ValueError as err:
+            assert "expected a non-empty tensor" in str(err), f"{method}: {err}"
+        else:
+            assert out.shape[0] == 0, f"{method}: {tuple(out.shape)}"
+
+
+def test_multicoil_mri_names_zero_coils():
+    with pytest.raises(ValueError, match=r"coil_maps: expected a non-empty tensor .* got shape \(0, 8, 8\)"):
+        MultiCoilMRI(torch.zeros(0, 8, 8, dtype=torch.complex64), torch.ones(8, 8))
+
+
+def test_cg_names_an_empty_batch():
+    with pytest.raises(ValueError, match=r"b: expected a non-empty tensor .* got shape \(0, 4\)"):
+        conjugate_gradient(_apply(_spd()), torch.zeros(0, 4, dtype=torch.float64))
