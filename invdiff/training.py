@@ -9,7 +9,7 @@ Each step draws a batch of training images and noise levels
 averaged over pixels and the batch, with Adam and an exponential moving average (EMA) of the
 weights. All randomness comes from one ``torch.Generator`` whose state is saved with the
 weights, the EMA and the optimiser, so a run stopped and resumed from its checkpoint ends with
-the same weights and the same ``loss.csv`` rows as a run that never stopped. The initial weights
+the same weights and the same ``loss.csv`` steps and losses as a run that never stopped. The initial weights
 come from their own seed (:func:`invdiff.priors.unet.edm_unet`; ``scripts/train_prior.py`` passes
 ``train.seed``).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -46,6 +47,13 @@ class TrainConfig:
         seed: seeds the generator of batches, noise levels and noise.
         checkpoint_every: steps between checkpoints (and at the end).
         log_every: steps between rows of ``loss.csv``.
+
+    Raises:
+        ValueError: naming ``train.<key>``: ``steps``, ``batch_size``, ``checkpoint_every`` or
+            ``log_every`` not a positive integer, ``warmup`` not a non-negative one, ``seed``
+            not an integer, ``lr`` or ``p_std`` not finite and positive, ``p_mean`` not finite,
+            ``ema_decay`` outside ``[0, 1)``, ``flip`` not a bool. Whole floats (``4000.0``) are
+            taken as integers.
     """
 
     steps: int = 10_000
@@ -59,6 +67,34 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            setattr(self, key, _integer(key, getattr(self, key), 1, "a positive integer"))
+        self.warmup = _integer("warmup", self.warmup, 0, "a non-negative integer")
+        self.seed = _integer("seed", self.seed, None, "an integer")
+        self.lr = _number("lr", self.lr, lambda v: v > 0, "a finite positive number")
+        self.p_std = _number("p_std", self.p_std, lambda v: v > 0, "a finite positive number")
+        self.p_mean = _number("p_mean", self.p_mean, lambda v: True, "a finite number")
+        self.ema_decay = _number("ema_decay", self.ema_decay, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"train.flip: expected true or false, got {self.flip!r}")
+
+
+def _integer(key: str, value: object, minimum: int | None, expected: str) -> int:
+    """``value`` as an ``int`` (an integer or a whole float) of at least ``minimum``; else a
+    ``ValueError`` naming ``train.<key>``."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or (minimum is not None and value < minimum):
+        raise ValueError(f"train.{key}: expected {expected}, got {value!r}")
+    return int(value)
+
+
+def _number(key: str, value: object, accept: Callable[[float], bool], expected: str) -> float:
+    """``value`` as a finite ``float`` that ``accept`` takes; else a ``ValueError`` naming ``train.<key>``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not accept(value):
+        raise ValueError(f"train.{key}: expected {expected}, got {value!r}")
+    return float(value)
 
 
 def edm_loss(denoiser: EDMDenoiser, x0: Tensor, log_sigma: Tensor, noise: Tensor) -> Tensor:

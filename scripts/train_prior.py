@@ -30,16 +30,20 @@ def display(x: torch.Tensor) -> torch.Tensor:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    train_cfg = TrainConfig(**cfg.train)
+    every = cfg.samples.every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1 or every % train_cfg.checkpoint_every:
+        raise ValueError(
+            f"samples.every: expected a positive multiple of train.checkpoint_every "
+            f"({train_cfg.checkpoint_every}), got {every!r}"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir)
     data = load_split(cfg.data, "train")
     device = resolve_device(cfg.device)
     network = OmegaConf.to_container(cfg.network)
-    train_cfg = TrainConfig(**cfg.train)
     denoiser = edm_unet(in_channels=data.shape[1], sigma_data=cfg.sigma_data, seed=train_cfg.seed, **network)
-    if cfg.samples.every % train_cfg.checkpoint_every:
-        raise ValueError("samples.every: expected a multiple of train.checkpoint_every")
 
     def on_checkpoint(step: int, ema) -> None:
         if cfg.export:

@@ -139,3 +139,42 @@ def test_fresh_run_replaces_a_stale_loss_log(tmp_path):
     train(_net(), _data(), tmp_path, _cfg(2))
     assert (tmp_path / "loss.csv").read_text().count("step") == 1
     assert [s for s, _ in _rows(tmp_path / "loss.csv")] == [1, 2]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("key, value, expected", [
+    ("steps", "abc", "a positive integer"),
+    ("steps", 0, "a positive integer"),
+    ("batch_size", 2.5, "a positive integer"),
+    ("checkpoint_every", -1, "a positive integer"),
+    ("log_every", None, "a positive integer"),
+    ("warmup", -1, "a non-negative integer"),
+    ("seed", "x", "an integer"),
+    ("lr", float("nan"), "a finite positive number"),
+    ("lr", 0.0, "a finite positive number"),
+    ("lr", "2e-4x", "a finite positive number"),
+    ("ema_decay", 1.0, r"a number in \[0, 1\)"),
+    ("ema_decay", -0.1, r"a number in \[0, 1\)"),
+    ("p_std", float("inf"), "a finite positive number"),
+    ("p_mean", float("nan"), "a finite number"),
+    ("flip", "yes", "true or false"),
+])
+def test_train_config_names_a_bad_value(key, value, expected):
+    with pytest.raises(ValueError, match=rf"train\.{key}: expected {expected}, got"):
+        TrainConfig(**{key: value})
+
+
+@pytest.mark.hostile
+def test_train_config_accepts_whole_floats_as_integers():
+    cfg = TrainConfig(steps=4000.0, batch_size=8, lr=1)
+    assert cfg.steps == 4000 and isinstance(cfg.steps, int) and cfg.lr == 1.0
+
+
+@pytest.mark.hostile
+def test_train_script_refuses_bad_steps_before_any_work(tmp_path):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=[f"data={tmp_path / 'absent'}", f"out_dir={tmp_path / 'out'}",
+                                                      "train.steps=abc"])
+    with pytest.raises(ValueError, match=r"train\.steps: expected a positive integer, got 'abc'"):
+        _train_script()(cfg)
+    assert not (tmp_path / "out").exists()

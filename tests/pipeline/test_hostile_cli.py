@@ -56,3 +56,10 @@ def test_refused_multirun_leaves_the_earlier_sweep(tmp_path):
     assert again.returncode != 0
     assert "already holds" in again.stderr and "overwrite=true" in again.stderr
     assert _snapshot(sweep) == before
+
+
+@pytest.mark.hostile
+def test_steps_not_a_number_names_the_key(tmp_path):
+    proc = _run(tmp_path, "sampler.steps=abc")
+    assert proc.returncode != 0
+    assert "sampler.steps: expected a positive integer, got 'abc'" in proc.stderr, proc.stderr[-2000:]
