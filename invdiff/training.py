@@ -92,7 +92,8 @@ def _integer(key: str, value: object, minimum: int | None, expected: str) -> int
 
 def _number(key: str, value: object, accept: Callable[[float], bool], expected: str) -> float:
     """``value`` as a finite ``float`` that ``accept`` takes; else a ``ValueError`` naming ``train.<key>``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not accept(value):
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or not accept(value):
         raise ValueError(f"train.{key}: expected {expected}, got {value!r}")
     return float(value)
 
@@ -134,7 +135,8 @@ def _restart_log(path: Path, step: int) -> None:
     rows = []
     if step and path.is_file():
         with path.open(newline="") as f:
-            rows = [r for r in list(csv.reader(f))[1:] if len(r) == 3 and r[0].isdigit() and int(r[0]) <= step]
+            rows = [r for r in list(csv.reader(f))[1:] if len(r) == 3 and r[0].isdigit()]
+        rows = [r for r in rows if int(r[0]) <= step]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:

@@ -32,7 +32,7 @@ def display(x: torch.Tensor) -> torch.Tensor:
 def main(cfg: DictConfig) -> None:
     train_cfg = TrainConfig(**cfg.train)
     every = cfg.samples.every
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1 or every % train_cfg.checkpoint_every:
+    if type(every) is not int or every < 1 or every % train_cfg.checkpoint_every:
         raise ValueError(
             f"samples.every: expected a positive multiple of train.checkpoint_every "
             f"({train_cfg.checkpoint_every}), got {every!r}"

@@ -96,11 +96,13 @@ def test_train_script_runs_with_the_same_seed_start_from_the_same_weights(tmp_pa
     np.save(tmp_path / "data" / "train.npy", _data().numpy())
     main = _train_script()
     for name, train_seed, global_seed in (("a", 0, 1), ("b", 0, 2), ("c", 1, 1)):
-        overrides = [f"data={tmp_path / 'data'}", f"out_dir={tmp_path / name}", "threads=1", "network.channels=8",
-                     "network.channel_mult=[1,2]", "network.num_blocks=1", "network.attn_resolutions=[]",
-                     "network.img_resolution=8", "+network.num_groups=4", "train.steps=1", "train.batch_size=2",
-                     "train.warmup=1000000", f"train.seed={train_seed}", "train.checkpoint_every=1", "samples.every=1", "samples.count=1",
-                     "samples.steps=2"]
+        overrides = [
+            f"data={tmp_path / 'data'}", f"out_dir={tmp_path / name}", "threads=1", "network.channels=8",
+            "network.channel_mult=[1,2]", "network.num_blocks=1", "network.attn_resolutions=[]",
+            "network.img_resolution=8", "+network.num_groups=4", "train.steps=1", "train.batch_size=2",
+            "train.warmup=1000000", f"train.seed={train_seed}", "train.checkpoint_every=1", "samples.every=1",
+            "samples.count=1", "samples.steps=2",
+        ]
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
             cfg = compose(config_name="train", overrides=overrides)
         torch.manual_seed(global_seed)  # another global RNG state in each run
@@ -173,8 +175,8 @@ def test_train_config_accepts_whole_floats_as_integers():
 @pytest.mark.hostile
 def test_train_script_refuses_bad_steps_before_any_work(tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=[f"data={tmp_path / 'absent'}", f"out_dir={tmp_path / 'out'}",
-                                                      "train.steps=abc"])
+        overrides = [f"data={tmp_path / 'absent'}", f"out_dir={tmp_path / 'out'}", "train.steps=abc"]
+        cfg = compose(config_name="train", overrides=overrides)
     with pytest.raises(ValueError, match=r"train\.steps: expected a positive integer, got 'abc'"):
         _train_script()(cfg)
     assert not (tmp_path / "out").exists()

@@ -103,7 +103,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
         with st.safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except SafetensorError as exc:
-        raise ValueError(f"{path}: not a readable safetensors file (truncated, or not safetensors?): {exc}") from exc
+        raise ValueError(
+            f"{path}: not a readable safetensors file (truncated, or not safetensors?): {exc}"
+        ) from exc
 
 
 def is_state_dict(obj: object) -> bool:

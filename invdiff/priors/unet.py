@@ -430,9 +430,12 @@ def _prior_config(text: str, path: Path) -> tuple[str, dict, str, dict]:
         raise ValueError(f"{path}: metadata 'config' is not JSON ({exc}); expected {expected}") from exc
     adapter = config.get("adapter") if isinstance(config, dict) else None
     network = config.get("network") if isinstance(config, dict) else None
-    if not (isinstance(adapter, dict) and "kind" in adapter and isinstance(network, dict) and "arch" in network):
-        raise ValueError(f"{path}: metadata 'config' is not an invdiff prior description; expected {expected}, "
-                         f"got {text[:200]!r}")
+    if not (isinstance(adapter, dict) and "kind" in adapter and isinstance(network, dict)
+            and "arch" in network):
+        raise ValueError(
+            f"{path}: metadata 'config' is not an invdiff prior description; expected {expected}, "
+            f"got {text[:200]!r}"
+        )
     adapter, network = dict(adapter), dict(network)
     kind, arch = adapter.pop("kind"), network.pop("arch")
     if kind not in ADAPTERS or arch not in NETWORKS:

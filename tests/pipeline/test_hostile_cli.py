@@ -44,12 +44,14 @@ def test_refused_overwrite_leaves_the_earlier_run_and_its_hydra_folder(tmp_path)
 @pytest.mark.hostile
 def test_refused_multirun_leaves_the_earlier_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "scripts/reconstruct.py", "-m", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${seed}",
-            f"data_root={tmp_path / 'data'}", "sampler.steps=2", "progress=false", *_tiny("ct"), "seed=1,2"]
+    args = [sys.executable, "scripts/reconstruct.py", "-m", f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${seed}", f"data_root={tmp_path / 'data'}", "sampler.steps=2", "progress=false",
+            *_tiny("ct"), "seed=1,2"]
     first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     for seed in ("1", "2"):
-        assert (sweep / seed / "reconstruction.npy").is_file() and (sweep / seed / ".hydra" / "config.yaml").is_file()
+        assert (sweep / seed / "reconstruction.npy").is_file()
+        assert (sweep / seed / ".hydra" / "config.yaml").is_file()
     before = _snapshot(sweep)
     args[args.index("sampler.steps=2")] = "sampler.steps=3"
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -82,7 +82,8 @@ def test_load_prior_names_the_file_and_what_was_expected(case, tmp_path):
 
 STATE_DICT_CASES = {
     "empty .pt": (lambda d: _empty(d, "empty.pt"), "an empty file"),
-    "truncated .pt": (lambda d: _truncated(_state_dict_file(d, "sd.pt"), "cut.pt"), "not a readable torch checkpoint"),
+    "truncated .pt": (lambda d: _truncated(_state_dict_file(d, "sd.pt"), "cut.pt"),
+                      "not a readable torch checkpoint"),
     "truncated .safetensors": (lambda d: _truncated(_state_dict_file(d, "sd.safetensors"), "cut.safetensors"),
                                "not a readable safetensors file"),
 }
@@ -125,7 +126,8 @@ GAUSSIAN_CASES = {
 def _gaussian_state() -> dict:
     from invdiff.priors.gaussian import fit_low_rank_gaussian
 
-    return fit_low_rank_gaussian(torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(0)), 2).state()
+    images = torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    return fit_low_rank_gaussian(images, 2).state()
 
 
 def _gaussian_file(folder: Path) -> Path:
