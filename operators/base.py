@@ -18,6 +18,7 @@ CUDA tensor without being rebuilt (``op.to(device, dtype)`` moves the buffers on
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -34,13 +35,64 @@ _REAL_OF = {c: r for r, c in _COMPLEX_OF.items()}
 
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The complex dtype with the precision of ``dtype`` (complex dtypes map to themselves)."""
+    """The complex dtype with the precision of ``dtype`` (complex dtypes map to themselves;
+    bfloat16 maps to complex64, as torch has no complex bfloat16)."""
+    if dtype == torch.bfloat16:
+        return torch.complex64
     return dtype if dtype.is_complex else _COMPLEX_OF[dtype]
 
 
 def real_dtype(dtype: torch.dtype) -> torch.dtype:
     """The real dtype with the precision of ``dtype`` (real dtypes map to themselves)."""
     return _REAL_OF[dtype] if dtype.is_complex else dtype
+
+
+HALF_PRECISION = (torch.float16, torch.bfloat16, torch.complex32)
+"""Dtypes that :func:`half_in_single_precision` computes in float32 / complex64."""
+
+
+def _in_precision_of(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` cast to the half precision ``dtype`` came in: float16 and complex32 give float16 or
+    complex32, bfloat16 gives bfloat16 or, for complex ``t``, complex64 (there is no complex bfloat16)."""
+    if t.is_complex():
+        return t if dtype == torch.bfloat16 else t.to(torch.complex32)
+    return t.to(torch.float16 if dtype == torch.complex32 else dtype)
+
+
+def in_single_precision(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """``fn(t)``, computed in float32 / complex64 when ``t`` is float16, bfloat16 or complex32 and
+    cast back to ``t``'s precision (see :func:`half_in_single_precision`); ``fn(t)`` otherwise."""
+    if t.dtype not in HALF_PRECISION:
+        return fn(t)
+    return _in_precision_of(fn(t.to(torch.complex64 if t.is_complex() else torch.float32)), t.dtype)
+
+
+def half_in_single_precision(method: Callable) -> Callable:
+    """Run an operator method in single precision for half-precision input.
+
+    ``torch.fft`` has no float16 or bfloat16 kernels on the CPU (and on CUDA float16 only for
+    power-of-two sizes), complex32 lacks most CPU kernels (sums, divisions, matrix products), and
+    half-precision inner products overflow in conjugate gradient. A float16, bfloat16 or
+    complex32 input is therefore computed in float32 / complex64 and the result cast back to the
+    input's precision (complex results of bfloat16 input stay complex64: torch has no complex
+    bfloat16). Any other input takes ``method`` unchanged, so float32, float64 and their complex
+    dtypes keep their results bit for bit. Used by the FFT-based operators, the pseudo-inverses,
+    :class:`Matrix` and compositions (which then run their parts in single precision throughout).
+
+    Args:
+        method: ``method(self, t, *args, **kwargs)`` with ``t`` the tensor input.
+
+    Returns:
+        the wrapped method.
+    """
+
+    @functools.wraps(method)
+    def wrapped(self, t, *args, **kwargs):
+        if not isinstance(t, Tensor) or t.dtype not in HALF_PRECISION:
+            return method(self, t, *args, **kwargs)
+        return in_single_precision(lambda u: method(self, u, *args, **kwargs), t)
+
+    return wrapped
 
 
 def cast_like(t: Tensor, like: Tensor) -> Tensor:
@@ -187,6 +239,7 @@ class Composition(Operator):
     def __init__(self, *ops: Operator):
         self.ops = tuple(_flatten(ops, type(self)))
 
+    @half_in_single_precision
     def A(self, x: Tensor) -> Tensor:
         for op in reversed(self.ops):
             x = op.A(x)
@@ -213,12 +266,14 @@ class LinearOperator(Operator):
         """:math:`A^T A x`."""
         return self.AT(self.A(x))
 
+    @half_in_single_precision
     def pinv(self, y: Tensor, *, max_iter: int = 100, tol: float = 1e-6) -> Tensor:
         r"""Minimum-norm least-squares solution :math:`\arg\min_x \|A x - y\|`.
 
         The default runs conjugate gradient on the normal equations from zero, which converges
-        to the minimum-norm solution; operators with a closed form override it. Every ``pinv``
-        raises a ``ValueError`` for a ``y`` holding NaN or infinite values.
+        to the minimum-norm solution (in float32 for half-precision ``y``, whose inner products
+        would overflow); operators with a closed form override it. Every ``pinv`` raises a
+        ``ValueError`` for a ``y`` holding NaN or infinite values.
         """
         from operators.cg import conjugate_gradient
 
@@ -255,11 +310,13 @@ class LinearOperator(Operator):
 class LinearComposition(LinearOperator, Composition):
     """``(A1 @ A2)``: applies ``A2`` then ``A1``; the adjoint applies ``A1^T`` then ``A2^T``."""
 
+    @half_in_single_precision
     def AT(self, y: Tensor) -> Tensor:
         for op in self.ops:
             y = op.AT(y)
         return y
 
+    @half_in_single_precision
     def normal(self, x: Tensor) -> Tensor:
         # The outermost operator's own normal (often closed form) sits in the middle.
         outer, inner = self.ops[0], self.ops[1:]
@@ -369,6 +426,7 @@ class Multiply(LinearOperator):
     def normal(self, x: Tensor) -> Tensor:
         return cast_like(self.weights, x).abs().square() * x
 
+    @half_in_single_precision
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         check_finite(y, "y")
         w = cast_like(self.weights, y)
@@ -386,11 +444,15 @@ class RealToComplex(LinearOperator):
     ``k``, to ``(B, C, H, W)`` complex. It is linear over the reals; its adjoint under the real
     inner product :math:`\operatorname{Re}\langle\cdot,\cdot\rangle` splits a complex image back
     into its parts, and :math:`A^T A = I`. Lets a 2-channel real prior drive a complex operator:
-    ``MultiCoilMRI(maps, mask) @ RealToComplex()``.
+    ``MultiCoilMRI(maps, mask) @ RealToComplex()``. A bfloat16 input gives complex64 (torch has
+    no complex bfloat16), float16 gives complex32.
     """
 
     def A(self, x: Tensor) -> Tensor:
         check_tensor(x, "x", complex_=False)
+        if x.dtype == torch.bfloat16:
+            # No complex bfloat16 exists: the parts are widened to float32 (exactly).
+            x = x.float()
         if x.ndim < 2 or x.shape[1] % 2:
             raise ValueError(
                 f"x: expected (B, 2C, ...) with an even number of channels (real, imaginary pairs), "
@@ -550,12 +612,14 @@ class Matrix(LinearOperator):
         if math.prod(self.in_shape) != matrix.shape[1]:
             raise ValueError(f"in_shape: expected {matrix.shape[1]} elements, got {self.in_shape}")
 
+    @half_in_single_precision
     def A(self, x: Tensor) -> Tensor:
         check_tensor(x, "x", shape=self.in_shape)
         M = cast_like(self.matrix, x)
         dtype = torch.promote_types(x.dtype, M.dtype)
         return x.reshape(x.shape[0], -1).to(dtype) @ M.to(dtype).T
 
+    @half_in_single_precision
     def AT(self, y: Tensor) -> Tensor:
         check_tensor(y, "y", ndim=2, shape=(self.matrix.shape[0],))
         M = cast_like(self.matrix, y)

@@ -11,7 +11,14 @@ import math
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, cast_like, check_finite, check_tensor, check_weights
+from operators.base import (
+    LinearOperator,
+    cast_like,
+    check_finite,
+    check_tensor,
+    check_weights,
+    half_in_single_precision,
+)
 
 
 def _check_shape(shape, name: str = "shape") -> tuple[int, int]:
@@ -61,6 +68,7 @@ class Inpainting(LinearOperator):
     def normal(self, x: Tensor) -> Tensor:
         return self._mask(x, "x").square() * x
 
+    @half_in_single_precision
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         m = self._mask(y, "y")
         check_finite(y, "y")

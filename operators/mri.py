@@ -33,7 +33,16 @@ import numbers
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, cast_like, check_finite, check_tensor, check_weights
+from operators.base import (
+    HALF_PRECISION,
+    LinearOperator,
+    cast_like,
+    check_finite,
+    check_tensor,
+    check_weights,
+    in_single_precision,
+    half_in_single_precision,
+)
 
 
 def fft2c(x: Tensor) -> Tensor:
@@ -43,11 +52,14 @@ def fft2c(x: Tensor) -> Tensor:
     ``axes = (-2, -1)``, for even and odd sizes.
 
     Args:
-        x: image, ``(..., H, W)``, real or complex.
+        x: image, ``(..., H, W)``, real or complex; half precision is computed in single
+            precision (:func:`~operators.base.half_in_single_precision`).
 
     Returns:
         k-space, ``(..., H, W)`` complex.
     """
+    if x.dtype in HALF_PRECISION:
+        return in_single_precision(fft2c, x)
     dims = (-2, -1)
     return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=dims), norm="ortho"), dim=dims)
 
@@ -56,11 +68,13 @@ def ifft2c(k: Tensor) -> Tensor:
     """Centred orthonormal 2D inverse FFT over the last two dimensions; the inverse of :func:`fft2c`.
 
     Args:
-        k: k-space, ``(..., H, W)``.
+        k: k-space, ``(..., H, W)``; half precision is computed in single precision.
 
     Returns:
         image, ``(..., H, W)`` complex.
     """
+    if k.dtype in HALF_PRECISION:
+        return in_single_precision(ifft2c, k)
     dims = (-2, -1)
     return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=dims), norm="ortho"), dim=dims)
 
@@ -184,19 +198,23 @@ class SingleCoilMRI(LinearOperator):
         check_tensor(x, name, ndim=4, shape=(None, *self._sampling.shape), complex_=True)
         _check_batch(x, name, self._sampling.mask)
 
+    @half_in_single_precision
     def A(self, x: Tensor) -> Tensor:
         self._check(x, "x")
         return self._sampling.A(cast_like(self._pre, x) * x)
 
+    @half_in_single_precision
     def AT(self, y: Tensor) -> Tensor:
         self._check(y, "y")
         return self._sampling.AT(y).mul_(cast_like(self._pre, y).conj())
 
+    @half_in_single_precision
     def normal(self, x: Tensor) -> Tensor:
         self._check(x, "x")
         pre = cast_like(self._pre, x)
         return self._sampling.normal(pre * x).mul_(pre.conj())
 
+    @half_in_single_precision
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         r""":math:`\mathcal F_c^{-1}(y / m)` where :math:`m \ne 0` and zero elsewhere (closed form)."""
         self._check(y, "y")
@@ -278,14 +296,17 @@ class MultiCoilMRI(LinearOperator):
         check_tensor(t, name, ndim=4, shape=(channels, *self._sampling.shape), complex_=True)
         _check_batch(t, name, self._maps, self._sampling.mask)
 
+    @half_in_single_precision
     def A(self, x: Tensor) -> Tensor:
         self._check(x, "x", 1)
         return self._sampling.A(cast_like(self._maps, x) * x)
 
+    @half_in_single_precision
     def AT(self, y: Tensor) -> Tensor:
         self._check(y, "y", self.num_coils)
         return self._sampling.AT(y).mul_(cast_like(self._maps_conj, y)).sum(1, keepdim=True)
 
+    @half_in_single_precision
     def normal(self, x: Tensor) -> Tensor:
         self._check(x, "x", 1)
         z = self._sampling.normal(cast_like(self._maps, x) * x)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, Operator, check_tensor
+from operators.base import LinearOperator, Operator, check_tensor, half_in_single_precision
 
 
 class PhaseRetrieval(Operator):
@@ -46,6 +46,7 @@ class PhaseRetrieval(Operator):
         top, left = (Hp - H) // 2, (Wp - W) // 2
         return torch.nn.functional.pad(x, (left, Wp - W - left, top, Hp - H - top))
 
+    @half_in_single_precision
     def A(self, x: Tensor) -> Tensor:
         check_tensor(x, "x", ndim=4)
         z = torch.fft.fft2(self.pad(x), norm="ortho")

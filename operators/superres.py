@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, check_finite, check_tensor, real_dtype
+from operators.base import LinearOperator, check_finite, check_tensor, half_in_single_precision, real_dtype
 
 KERNELS = ("box", "bicubic", "gaussian")
 
@@ -114,6 +114,7 @@ class SuperResolution(LinearOperator):
         half = kernel_hat[:, : W // 2 + 1]
         return torch.fft.irfft2(torch.fft.rfft2(x) * half, s=(H, W))
 
+    @half_in_single_precision
     def A(self, x: Tensor) -> Tensor:
         self._check_x(x)
         # Correlation with the taps: multiply by the conjugate spectrum.
@@ -121,6 +122,7 @@ class SuperResolution(LinearOperator):
         f = self.factor
         return self._filter(x, k_hat)[..., ::f, ::f]
 
+    @half_in_single_precision
     def AT(self, y: Tensor) -> Tensor:
         self._check_y(y)
         f = self.factor
@@ -139,6 +141,7 @@ class SuperResolution(LinearOperator):
 
         return axis(h)[:, None] * axis(w)[None, :]
 
+    @half_in_single_precision
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         r""":math:`A^T (A A^T)^{+} y` in closed form (replication for the box kernel)."""
         self._check_y(y)

@@ -28,6 +28,8 @@ from operators import (
     acceleration_of,
     acs_lines,
     conjugate_gradient,
+    fft2c,
+    ifft2c,
 )
 from tests.operators.cases import LINEAR_CASES
 
@@ -242,3 +244,67 @@ def test_multicoil_mri_names_zero_coils():
 def test_cg_names_an_empty_batch():
     with pytest.raises(ValueError, match=r"b: expected a non-empty tensor .* got shape \(0, 4\)"):
         conjugate_gradient(_apply(_spd()), torch.zeros(0, 4, dtype=torch.float64))
+
+
+# --- C. half precision on the CPU -----------------------------------------------------------------
+
+HALF_TOLERANCE = {torch.float16: 3e-3, torch.bfloat16: 3e-2}
+
+
+def _half(t: torch.Tensor, half: torch.dtype) -> torch.Tensor:
+    """``t`` in ``half`` precision; complex tensors go to complex32, or stay complex64 for
+    bfloat16 (torch has no complex bfloat16)."""
+    if t.is_complex():
+        return t.to(torch.complex32) if half == torch.float16 else t
+    return t.to(half)
+
+
+def _half_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.to(torch.complex128 if a.is_complex() else torch.float64)
+    b = b.to(a.dtype)
+    return float((a - b).abs().norm() / b.abs().norm())
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", sorted(LINEAR_CASES))
+def test_operators_run_in_half_precision_on_the_cpu(name, half):
+    """``torch.fft`` has no half-precision CPU kernels: FFT-based operators used to fail with an
+    MKL error. Half-precision input now gives the float32 result to half-precision accuracy, in
+    the input's precision."""
+    op, x = LINEAR_CASES[name](torch.float32, torch.device("cpu"))
+    if x.is_complex() and half == torch.bfloat16:
+        pytest.skip("no complex bfloat16 input exists")
+    y = op.A(x)
+    for method, exact in (("A", x), ("AT", y), ("normal", x), ("pinv", y)):
+        low = _half(exact, half)
+        # A few CG iterations where pinv is iterative; CG amplifies the rounding of y.
+        options, slack = ({"max_iter": 8}, 10) if method == "pinv" else ({}, 1)
+        out = getattr(op, method)(low, **options)
+        reference = getattr(op, method)(exact, **options)
+        assert _half_rel(out, reference) < slack * HALF_TOLERANCE[half], method
+        if low.dtype in (torch.float16, torch.bfloat16, torch.complex32):
+            if out.is_complex():
+                assert out.dtype == (torch.complex32 if half == torch.float16 else torch.complex64), method
+            else:
+                assert out.dtype == half, method
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=str)
+def test_phase_retrieval_and_centred_ffts_in_half_precision(half):
+    x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    op = PhaseRetrieval(2.0)
+    out = op.A(x.to(half))
+    assert out.dtype == half and _half_rel(out, op.A(x)) < HALF_TOLERANCE[half]
+    k = fft2c(x.to(half))
+    assert k.dtype == (torch.complex32 if half == torch.float16 else torch.complex64)
+    assert _half_rel(ifft2c(k), x) < HALF_TOLERANCE[half]
+
+
+def test_single_precision_path_leaves_float32_alone():
+    """The float32 fast path is the unwrapped method: bit-identical results, no copies."""
+    mask = torch.ones(8, 8)
+    mask[:, ::3] = 0
+    op = MultiCoilMRI(_maps(), mask)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(op.A(x), MultiCoilMRI.A.__wrapped__(op, x))
+    assert torch.equal(op.normal(x), MultiCoilMRI.normal.__wrapped__(op, x))
