@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from operators.base import check_finite
+
 
 class GaussianNoise:
     r"""Additive white Gaussian noise, :math:`y = z + \sigma n`.
@@ -91,7 +93,8 @@ def estimate_kspace_noise_std(kspace: Tensor, mask: Tensor | None = None, *, ban
 
     Raises:
         ValueError: ``kspace`` is not complex with at least 3 dimensions, ``mask`` does not
-            broadcast against it, ``band`` is out of range, or no sample is left in the band.
+            broadcast against it, ``band`` is out of range, no sample is left in the band, or a
+            sample in it is NaN or infinite (the median would be NaN).
     """
     if not isinstance(kspace, Tensor):
         raise ValueError(f"kspace: expected a torch.Tensor, got {type(kspace).__name__}")
@@ -127,4 +130,5 @@ def estimate_kspace_noise_std(kspace: Tensor, mask: Tensor | None = None, *, ban
             f"kspace: no sampled, non-zero sample in the outer {rows} readout rows at each end "
             f"(band={band}), nothing to estimate the noise from"
         )
+    check_finite(magnitudes, f"kspace (the {magnitudes.numel()} samples of the outer readout rows)")
     return float(magnitudes.double().median()) / math.sqrt(math.log(2))

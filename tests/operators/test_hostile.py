@@ -7,6 +7,8 @@ result.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -28,6 +30,7 @@ from operators import (
     acceleration_of,
     acs_lines,
     conjugate_gradient,
+    estimate_kspace_noise_std,
     fft2c,
     ifft2c,
 )
@@ -308,3 +311,14 @@ def test_single_precision_path_leaves_float32_alone():
     x = torch.randn(2, 1, 8, 8, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
     assert torch.equal(op.A(x), MultiCoilMRI.A.__wrapped__(op, x))
     assert torch.equal(op.normal(x), MultiCoilMRI.normal.__wrapped__(op, x))
+
+
+def test_kspace_noise_estimate_rejects_nan_samples():
+    """A NaN in the outer readout rows used to make the estimated noise level NaN."""
+    kspace = torch.randn(2, 16, 8, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    kspace[1, 0, 0] = complex(NAN, 0.0)
+    with pytest.raises(ValueError, match=r"kspace \(the 64 samples of the outer readout rows\): contains 1 NaN"):
+        estimate_kspace_noise_std(kspace)
+    mask = torch.ones(8)
+    mask[0] = 0
+    assert math.isfinite(estimate_kspace_noise_std(kspace, mask))
