@@ -128,7 +128,8 @@ def measure(op: Operator, x: Tensor, noise_std: float, seed: int) -> Tensor:
     Raises:
         ValueError: ``noise_std`` is not a finite number ``>= 0``.
     """
-    if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real) or not 0 <= noise_std < math.inf:
+    number = isinstance(noise_std, numbers.Real) and not isinstance(noise_std, bool)
+    if not number or not 0 <= noise_std < math.inf:
         raise ValueError(f"noise_std: expected a finite number >= 0, got {noise_std!r}")
     return GaussianNoise(noise_std)(op.A(x), generator=torch.Generator().manual_seed(seed))
 

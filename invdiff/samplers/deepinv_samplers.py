@@ -352,7 +352,9 @@ def sample_deepinv_diffpir(
         raise ValueError(f"{name}: zeta: expected 0 <= zeta <= 1, got {zeta}")
     check_number(lambda_, "lambda_", name, positive=True)
     if not 0 < noise_std < math.inf:
-        raise ValueError(f"{name}: noise_std: expected finite > 0 (DiffPIR's rho_t grows with it), got {noise_std}")
+        raise ValueError(
+            f"{name}: noise_std: expected finite > 0 (DiffPIR's rho_t grows with it), got {noise_std}"
+        )
     data_range = _check_data_range(data_range, name)
     shape = posterior_shape(op, y, shape, name)
     real_adjoint(op, y, shape, name)  # DiffPIR starts from 2 A^H y - 1: it must be a real x

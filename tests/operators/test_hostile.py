@@ -175,7 +175,8 @@ def test_masks_reject_non_finite_values(name, bad):
 
 @pytest.mark.parametrize("name", sorted(MASK_BUILDERS))
 def test_masks_reject_negative_values(name):
-    with pytest.raises(ValueError, match=r"mask: expected non-negative values .* 1 negative values \(the smallest -0.5\)"):
+    message = r"mask: expected non-negative values .* 1 negative values \(the smallest -0.5\)"
+    with pytest.raises(ValueError, match=message):
         MASK_BUILDERS[name](_bad(torch.ones(8, 8), -0.5))
 
 
@@ -208,7 +209,7 @@ def test_buffers_of_generic_operators_reject_non_finite_values():
 
 
 def test_physical_constants_must_be_finite():
-    with pytest.raises(ValueError, match="sigma: expected a finite, non-negative standard deviation, got inf"):
+    with pytest.raises(ValueError, match="sigma: expected a finite, non-negative standard deviation"):
         GaussianNoise(INF)
     with pytest.raises(ValueError, match="photons: expected a finite, positive photon count, got inf"):
         PoissonNoise(INF)
@@ -268,6 +269,7 @@ def _half_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().norm() / b.abs().norm())
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", sorted(LINEAR_CASES))
 def test_operators_run_in_half_precision_on_the_cpu(name, half):
@@ -292,6 +294,7 @@ def test_operators_run_in_half_precision_on_the_cpu(name, half):
                 assert out.dtype == half, method
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=str)
 def test_phase_retrieval_and_centred_ffts_in_half_precision(half):
     x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
@@ -317,7 +320,8 @@ def test_kspace_noise_estimate_rejects_nan_samples():
     """A NaN in the outer readout rows used to make the estimated noise level NaN."""
     kspace = torch.randn(2, 16, 8, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
     kspace[1, 0, 0] = complex(NAN, 0.0)
-    with pytest.raises(ValueError, match=r"kspace \(the 64 samples of the outer readout rows\): contains 1 NaN"):
+    message = r"kspace \(the 64 samples of the outer readout rows\): contains 1 NaN"
+    with pytest.raises(ValueError, match=message):
         estimate_kspace_noise_std(kspace)
     mask = torch.ones(8)
     mask[0] = 0

@@ -149,7 +149,7 @@ def test_baselines_reject_an_empty_batch(name):
     build, options = BASELINE_CASES[name]
     op, y = build()
     fn = BASELINES[name].__name__
-    with pytest.raises(ValueError, match=rf"{fn}: y: expected .*non-empty|{fn}: y: expected .*got shape \(0,"):
+    with pytest.raises(ValueError, match=rf"{fn}: y: expected a non-empty batch"):
         BASELINES[name](op, y[:0], **options)
 
 
