@@ -13,6 +13,10 @@ Operators compose with ``@`` (the adjoint of a composition reverses its parts), 
 and scale by scalars. Tensors are batch-first, ``(B, C, H, W)``; buffers follow the device and
 precision of the input, so an operator built on the CPU in float32 applies to a float64 or a
 CUDA tensor without being rebuilt (``op.to(device, dtype)`` moves the buffers once instead).
+Half-precision input (float16, bfloat16, complex32) to the FFT-based operators, the
+pseudo-inverses, :class:`Matrix` and compositions is computed in float32 / complex64 and cast
+back (:func:`half_in_single_precision`). Inputs that are empty, and to ``pinv`` non-finite, are
+errors that name the argument (:func:`check_tensor`, :func:`check_finite`).
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ HALF_PRECISION = (torch.float16, torch.bfloat16, torch.complex32)
 
 
 def _in_precision_of(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t`` cast to the half precision ``dtype`` came in: float16 and complex32 give float16 or
-    complex32, bfloat16 gives bfloat16 or, for complex ``t``, complex64 (there is no complex bfloat16)."""
+    """``t`` cast back to the half precision ``dtype``: float16 and complex32 give float16 or
+    complex32, bfloat16 gives bfloat16 or, for complex ``t``, complex64 (no complex bfloat16)."""
     if t.is_complex():
         return t if dtype == torch.bfloat16 else t.to(torch.complex32)
     return t.to(torch.float16 if dtype == torch.complex32 else dtype)

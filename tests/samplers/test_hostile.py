@@ -203,3 +203,20 @@ BAD_HYPERPARAMETERS = [
 def test_samplers_reject_bad_hyperparameters(name, arg, bad):
     with pytest.raises(ValueError, match=rf"sample_\w+: .*\b{arg}\b"):
         _sampler_call(name, **{arg: bad})
+
+
+BAD_BASELINE_OPTIONS = [
+    ("cg", "damping", INF), ("cg", "damping", NAN), ("postlog_fbp", "min_count", NAN),
+    ("postlog_fbp", "min_count", 0.0), ("error_reduction", "iterations", NAN), ("l1_wavelet", "lamda", INF),
+    ("l1_wavelet", "max_iter", NAN), ("tv", "lam", INF), ("tv", "step_ratio", INF), ("tv", "power_iterations", 0),
+]
+"""``(baseline, option, bad value)``: each must raise a ``ValueError`` naming the option."""
+
+
+@pytest.mark.parametrize(("name", "option", "bad"), BAD_BASELINE_OPTIONS, ids=lambda v: str(v))
+def test_baselines_reject_bad_options(name, option, bad):
+    build, options = BASELINE_CASES[name]
+    op, y = build()
+    fn = BASELINES[name].__name__
+    with pytest.raises(ValueError, match=rf"{fn}: {option}: expected a finite"):
+        BASELINES[name](op, y, **{**options, option: bad})
