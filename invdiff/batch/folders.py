@@ -32,6 +32,7 @@ from invdiff.problems.fastmri import (
     MapsOptions,
     fastmri_problem,
     open_fastmri,
+    reference_max,
     sampling_mask,
     volume_estimates,
 )
@@ -146,15 +147,18 @@ class CTFolder:
         return h5_paths(self.root, self.pattern)
 
     def open(self, path: Path) -> CTVolume:
+        """The volume's header: ``image`` must be a float ``(slices, H, W)`` dataset with slices, finite
+        values and a positive maximum, which a ``max`` attribute must equal (within
+        :data:`~invdiff.problems.fastmri.MAX_RTOL`); errors name the file."""
         with open_h5(path) as f:
             if "image" not in f:
                 raise ValueError(f"{path}: no 'image' dataset (found {sorted(f.keys())})")
-            ds = f["image"]
-            if ds.ndim != 3 or ds.dtype.kind != "f":
+            ds = f.get("image")
+            if not isinstance(ds, h5py.Dataset):
+                raise ValueError(f"{path}: 'image' is a group, expected a dataset (float images (slices, H, W))")
+            if ds.ndim != 3 or ds.dtype.kind != "f" or 0 in ds.shape:
                 raise ValueError(f"{path}: 'image' is {ds.dtype} {ds.shape}; expected float (slices, H, W)")
-            data_max = float(f.attrs["max"]) if "max" in f.attrs else float(np.max(ds[()]))
-            if not data_max > 0:
-                raise ValueError(f"{path}: the volume's maximum is {data_max}; expected > 0")
+            data_max = reference_max(ds, "image", f.attrs, path)
             return CTVolume(path, path.name, ds.shape[0], data_max, (1, 1, *ds.shape[1:]))
 
 

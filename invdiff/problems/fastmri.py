@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch import Tensor
@@ -115,7 +116,8 @@ class FastMRIFile:
         single_coil: ``kspace`` has no coil axis.
         mask: the file's own ``(W,)`` mask (prospective files), else ``None``.
         target_key: ``"reconstruction_rss"`` or ``"reconstruction_esc"``, or ``None`` without a reference.
-        data_max: the reference volume's maximum (``max`` attribute or computed), ``None`` without one.
+        data_max: the reference volume's maximum (computed; a ``max`` attribute must agree), ``None``
+            without a reference.
     """
 
     path: Path
@@ -138,30 +140,107 @@ class FastMRIFile:
         return self.mask is not None
 
 
+MAX_RTOL = 1e-3
+"""How far (relative) a file's ``max`` attribute may be from its reference volume's maximum."""
+
+
+def _dataset(f: h5py.File, key: str, path: Path, expected: str) -> h5py.Dataset | None:
+    """``f[key]`` when it is a dataset, ``None`` when absent; a group (or a link to nothing) raises."""
+    if key not in f:
+        return None
+    ds = f.get(key)
+    if not isinstance(ds, h5py.Dataset):
+        kind = "a group" if isinstance(ds, h5py.Group) else "a link to nothing" if ds is None else type(ds).__name__
+        raise ValueError(f"{path}: '{key}' is {kind}, expected a dataset ({expected})")
+    return ds
+
+
+def attribute_max(attrs: h5py.AttributeManager, path: Path) -> float | None:
+    """The file's ``max`` attribute as a float, ``None`` without one; a non-number raises, naming the file."""
+    if "max" not in attrs:
+        return None
+    value = attrs["max"]
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: the 'max' attribute {value!r} is not a number; expected the reference "
+                         f"volume's maximum (one real value)")
+    return float(array.reshape(()))
+
+
+def reference_max(target: h5py.Dataset, key: str, attrs: h5py.AttributeManager, path: Path, *,
+                  check_attribute: bool = True) -> float:
+    """The reference volume's maximum (fastMRI's data range), computed from the whole volume as
+    fastMRI's ``evaluate.py`` does, after checking the values and the ``max`` attribute.
+
+    Args:
+        target: the reference dataset ``(slices, h, w)``.
+        key: its name in the file, for messages.
+        attrs: the file's attributes.
+        path: the file, for messages.
+        check_attribute: compare a ``max`` attribute with the computed maximum.
+
+    Raises:
+        ValueError: the reference is not real, holds NaN or infinite values, or has no positive
+            maximum; or the ``max`` attribute is not a number or differs from the maximum by more
+            than :data:`MAX_RTOL` (relative). The message names the file and both values.
+    """
+    if target.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: '{key}' has dtype {target.dtype}; expected real (float) reference images")
+    values = np.asarray(target[()], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{path}: '{key}' holds NaN or infinite values")
+    data_max = float(values.max()) if values.size else math.nan
+    if not data_max > 0:
+        raise ValueError(f"{path}: the reference volume's maximum is {data_max}; expected > 0")
+    given = attribute_max(attrs, path) if check_attribute else None
+    if given is not None and not abs(given - data_max) <= MAX_RTOL * data_max:
+        raise ValueError(f"{path}: the 'max' attribute {given:.6g} differs from the maximum of '{key}', "
+                         f"{data_max:.6g} (relative tolerance {MAX_RTOL:g}); 'max' is the reference volume's "
+                         f"maximum, the data range of PSNR and SSIM: correct or delete the attribute")
+    return data_max
+
+
 def open_fastmri(path: str | Path) -> FastMRIFile:
-    """Read a fastMRI file's header; errors name the file and the key that is missing or wrong."""
+    """Read a fastMRI file's header; errors name the file and the key that is missing or wrong.
+
+    The file is opened read-only. Besides the k-space checks of
+    :func:`invdiff.data.fastmri.check_kspace`: ``ismrmrd_header``, ``mask`` and the reference
+    must be datasets, the k-space must have slices, the reference real and finite with its
+    slices matching the k-space's and the header's reconstruction size; the reference volume's
+    maximum is computed from it (fastMRI's ``evaluate.py``), and a multi-coil file's ``max``
+    attribute (the maximum of ``reconstruction_rss``) must agree with it within
+    :data:`MAX_RTOL`. A single-coil file's ``max`` is not read.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is not HDF5, or one of the checks fails; the message names the file,
+            the dataset or attribute, and what was expected.
+    """
     path = Path(path)
     with open_h5(path) as f:
         kspace = check_kspace(f, path)
+        if 0 in kspace.shape:
+            raise ValueError(f"{path}: 'kspace' has no slices (shape {kspace.shape})" if kspace.shape[0] == 0
+                             else f"{path}: 'kspace' has shape {kspace.shape}, with an empty axis")
         single = kspace.ndim == 3
         H, W = kspace.shape[-2:]
+        _dataset(f, "ismrmrd_header", path, "the ISMRMRD XML header")
         recon = recon_shape(read_header(f, path, True), path)
+        _dataset(f, "mask", path, "one value per k-space column")
         mask = read_mask(f, path, W)
         target_key = next((k for k in (("reconstruction_esc", "reconstruction_rss") if single else
                                        ("reconstruction_rss",)) if k in f), None)
         data_max = None
         if target_key is not None:
-            target = f[target_key]
+            target = _dataset(f, target_key, path, "the reference images (slices, h, w)")
             if target.ndim != 3 or target.shape[0] != kspace.shape[0]:
                 raise ValueError(f"{path}: '{target_key}' has shape {target.shape}; expected "
                                  f"({kspace.shape[0]}, h, w)")
             if tuple(target.shape[1:]) != tuple(recon):
                 raise ValueError(f"{path}: '{target_key}' slices are {tuple(target.shape[1:])}, the header's "
                                  f"reconstruction size is {tuple(recon)}")
-            data_max = float(f.attrs["max"]) if "max" in f.attrs and target_key == "reconstruction_rss" \
-                else float(np.max(target[()]))
-            if not data_max > 0:
-                raise ValueError(f"{path}: the reference volume's maximum is {data_max}; expected > 0")
+            data_max = reference_max(target, target_key, f.attrs, path,
+                                     check_attribute=target_key == "reconstruction_rss")
         return FastMRIFile(path, kspace.shape[0], 1 if single else kspace.shape[1], (H, W), tuple(recon),
                            H == 2 * recon[0], single, mask, target_key, data_max)
 
@@ -473,6 +552,6 @@ def fastmri(
                            mask_kind=mask_kind, maps=maps, scale=scale, noise_std=noise_std)
 
 
-__all__ = ["COIL_MAPS", "Estimates", "FastMRIFile", "MapsOptions", "SCALES", "acs_calibration", "acs_kernel_width",
-           "acs_maps", "acs_scale", "calibration_width", "describe_calibration", "fastmri",
-           "fastmri_problem", "kspace_noise", "open_fastmri", "sampling_mask", "volume_estimates"]
+__all__ = ["COIL_MAPS", "Estimates", "FastMRIFile", "MAX_RTOL", "MapsOptions", "SCALES", "acs_calibration", "acs_kernel_width",
+           "acs_maps", "acs_scale", "attribute_max", "calibration_width", "describe_calibration", "fastmri",
+           "fastmri_problem", "kspace_noise", "open_fastmri", "reference_max", "sampling_mask", "volume_estimates"]

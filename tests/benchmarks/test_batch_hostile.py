@@ -6,8 +6,12 @@ stays fast; the engine's behaviour on samplers is the same and is covered by ``t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,7 +19,9 @@ import pytest
 
 from invdiff.batch import read_rows, run_batch
 from invdiff.batch.engine import ROW_FIELDS
-from invdiff.batch.folders import CTFolder
+from invdiff.batch.folders import CTFolder, FastMRIFolder
+from invdiff.data.datasets import mri_brain_fastmri
+from invdiff.problems.fastmri import MapsOptions
 from invdiff.run import Method
 from tests.benchmarks.test_batch import CT_SETTINGS, _ct_folder
 
@@ -118,3 +124,80 @@ def test_an_exact_reconstruction_of_a_zero_slice_gives_an_infinite_psnr_the_summ
     # a rerun (merge from the rows) and the report work on the folder
     assert _fbp(data, out, settings={"exact": {"views": 8, "noise_std": 0.0}}, slices=(1, 2)).done == 0
     assert "| exact | fbp | 0 | inf |" in write_report(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad files: each is reported and skipped, the others run, nothing is written into data.root
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory) -> Path:
+    """One generated fastMRI-layout brain volume: 2 slices, 32 x 32 images in 64 x 44 k-space, 4 coils."""
+    root = tmp_path_factory.mktemp("brain")
+    return sorted(mri_brain_fastmri(root, size=32, width=44, coils=4, slab=2).glob("*.h5"))[0]
+
+
+def _replace(f: h5py.File, key: str, value) -> None:
+    del f[key]
+    if isinstance(value, str):
+        f.create_group(key)
+    else:
+        f.create_dataset(key, data=value)
+
+
+BAD_FASTMRI = {
+    "max_small.h5": (lambda f: f.attrs.__setitem__("max", 1e-3),
+                     r"'max' attribute 0\.001 differs from the maximum of 'reconstruction_rss', 1(\.0)?\b"),
+    "max_text.h5": (lambda f: f.attrs.__setitem__("max", "abc"), r"'max' attribute 'abc' is not a number"),
+    "max_array.h5": (lambda f: f.attrs.__setitem__("max", np.array([1.0, 2.0])), r"'max' attribute .* not a number"),
+    "kspace_group.h5": (lambda f: _replace(f, "kspace", "group"), r"'kspace' is a group, expected a dataset"),
+    "kspace_real.h5": (lambda f: _replace(f, "kspace", f["kspace"][()].real), r"'kspace' has dtype float32"),
+    "kspace_empty.h5": (lambda f: (_replace(f, "kspace", f["kspace"][:0]),
+                                   _replace(f, "reconstruction_rss", f["reconstruction_rss"][:0])),
+                        r"'kspace' has no slices"),
+    "target_group.h5": (lambda f: _replace(f, "reconstruction_rss", "group"),
+                        r"'reconstruction_rss' is a group, expected a dataset"),
+    "target_complex.h5": (lambda f: _replace(f, "reconstruction_rss", f["reconstruction_rss"][()].astype(np.complex64)),
+                          r"'reconstruction_rss' has dtype complex64; expected real"),
+    "target_nan.h5": (lambda f: f["reconstruction_rss"].__setitem__((0, 0, 0), np.nan),
+                      r"'reconstruction_rss' holds NaN or infinite values"),
+    "header_group.h5": (lambda f: _replace(f, "ismrmrd_header", "group"), r"'ismrmrd_header' is a group"),
+    "mask_group.h5": (lambda f: f.create_group("mask"), r"'mask' is a group"),
+}
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_bad_fastmri_files_are_reported_and_skipped_and_left_unchanged(brain, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(brain, data / "good.h5")
+    for name, (damage, _) in BAD_FASTMRI.items():
+        shutil.copy(brain, data / name)
+        with h5py.File(data / name, "a") as f:
+            damage(f)
+    before = _digests(data)
+    result = run_batch(FastMRIFolder(data, MapsOptions("acs")), {"zero_filled": Method("zero_filled", baseline="zero_filled")},
+                       {"4x": {"acceleration": 4, "center_fraction": 0.2}}, tmp_path / "out")
+    skipped = {s["file"]: s["error"] for s in result.summary["skipped"]}
+    assert set(skipped) == set(BAD_FASTMRI)
+    for name, (_, message) in BAD_FASTMRI.items():
+        assert re.search(message, skipped[name]) and name in skipped[name], (name, skipped[name])
+    assert list(result.summary["methods"][0]["volumes"]) == ["good.h5"]
+    assert _digests(data) == before
+
+
+def test_a_ct_max_attribute_that_disagrees_with_the_image_is_reported_and_skipped(tmp_path):
+    data = _small(tmp_path / "data", volumes=2)
+    with h5py.File(data / "vol1.h5", "a") as f:
+        f.attrs["max"] = 1e-3
+    with h5py.File(data / "group.h5", "w") as f:
+        f.create_group("image")
+    result = _fbp(data, tmp_path / "out")
+    skipped = {s["file"]: s["error"] for s in result.summary["skipped"]}
+    assert set(skipped) == {"vol1.h5", "group.h5"}
+    assert re.search(r"vol1\.h5: the 'max' attribute 0\.001 differs from the maximum of 'image', 0\.\d+", skipped["vol1.h5"])
+    assert "'image' is a group, expected a dataset" in skipped["group.h5"]
