@@ -653,8 +653,20 @@ def run_batch(
                 prior.input_size(volume.x_shape)
             except ValueError as err:
                 raise ValueError(f"{volume.name}: {err}") from None
-    writer = RowWriter(out_dir / "rows" / f"shard-{shard.index}-of-{shard.count}.csv")
+    if not volumes:
+        listed = "; ".join(f"{name}: {error}" for name, error in sorted(skipped.items()))
+        raise ValueError(f"data.root: none of the {len(skipped)} files could be read ({listed})")
     chosen = {v.name: _slice_range(v.num_slices, slices) for v in volumes}
+    if not any(chosen.values()):
+        counts = ", ".join(f"{v.name}: {v.num_slices}" for v in volumes)
+        raise ValueError(f"data.slices: {list(slices)} selects no slice of any volume (slices per volume: {counts})")
+    for volume in [v for v in volumes if not chosen[v.name]]:
+        log.warning("skipping %s: data.slices %s selects none of its %d slices", volume.name, list(slices),
+                    volume.num_slices)
+        skipped[volume.name] = f"data.slices {list(slices)} selects none of its {volume.num_slices} slices"
+        del chosen[volume.name]
+    volumes = [v for v in volumes if v.name in chosen]
+    writer = RowWriter(out_dir / "rows" / f"shard-{shard.index}-of-{shard.count}.csv")
     manifest = {"volumes": chosen, "skipped": skipped, "notes": list(notes)}
     atomic_write_text(out_dir / "rows" / f"manifest-{shard.index}-of-{shard.count}.json", json.dumps(manifest))
 

@@ -16,6 +16,9 @@ limited wedge), with Gaussian noise of ``noise_std`` drawn from the slice's own 
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +43,41 @@ from invdiff.problems.simulated import ct_projections
 
 
 def h5_paths(root: Path, pattern: str) -> list[Path]:
-    """The ``pattern`` files of ``root``, sorted, without hidden files and coil-map caches."""
+    """The ``pattern`` entries of ``root``, sorted, without hidden files and coil-map caches.
+
+    Entries that are not readable files (folders, dangling links, link loops) are listed too, so
+    that opening them (:func:`check_file`) reports them as skipped rather than leaving them out.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: nothing in ``root`` matches ``pattern``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root: {root} is not a folder")
-    return [p for p in sorted(root.glob(pattern))
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(MAPS_CACHE_SUFFIX)]
+    paths = [p for p in sorted(root.glob(pattern))
+             if not p.name.startswith(".") and not p.name.endswith(MAPS_CACHE_SUFFIX)]
+    if not paths:
+        raise ValueError(f"data.root: {root} holds no {pattern!r} files (data.pattern); expected the folder of "
+                         f"volumes to run on")
+    return paths
+
+
+def check_file(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` when it is not a regular file: a link loop, a dangling
+    link, a folder or another kind of entry."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"{path}: a symbolic link loop, not a file") from err
+        if path.is_symlink():
+            raise ValueError(f"{path}: a dangling symbolic link (to {os.readlink(path)})") from err
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from err
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: is not a regular file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +145,8 @@ class FastMRIFolder:
         return h5_paths(self.root, self.pattern)
 
     def open(self, path: Path) -> FastMRIVolume:
+        """The volume's header (:func:`~invdiff.problems.fastmri.open_fastmri`); errors name the file."""
+        check_file(path)
         return FastMRIVolume(open_fastmri(path), self.maps, self.scale, self.noise_std)
 
 
@@ -150,6 +184,7 @@ class CTFolder:
         """The volume's header: ``image`` must be a float ``(slices, H, W)`` dataset with slices, finite
         values and a positive maximum, which a ``max`` attribute must equal (within
         :data:`~invdiff.problems.fastmri.MAX_RTOL`); errors name the file."""
+        check_file(path)
         with open_h5(path) as f:
             if "image" not in f:
                 raise ValueError(f"{path}: no 'image' dataset (found {sorted(f.keys())})")

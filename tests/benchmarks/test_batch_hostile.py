@@ -201,3 +201,44 @@ def test_a_ct_max_attribute_that_disagrees_with_the_image_is_reported_and_skippe
     assert set(skipped) == {"vol1.h5", "group.h5"}
     assert re.search(r"vol1\.h5: the 'max' attribute 0\.001 differs from the maximum of 'image', 0\.\d+", skipped["vol1.h5"])
     assert "'image' is a group, expected a dataset" in skipped["group.h5"]
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing to do is an error; links and folders among the files are reported
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_empty_data_folder_is_an_error_naming_data_root(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("no volumes here")
+    with pytest.raises(ValueError, match=r"data\.root: .*data holds no '\*\.h5' files"):
+        _fbp(tmp_path / "data", tmp_path / "out")
+
+
+def test_a_slice_range_that_selects_nothing_is_an_error_naming_data_slices(tmp_path):
+    data = _small(tmp_path / "data", volumes=2, slices=3)
+    with pytest.raises(ValueError, match=r"data\.slices: \[5, 2\] selects no slice of any volume"):
+        _fbp(data, tmp_path / "out", slices=(5, 2))
+    # a range beyond a shorter volume's slices skips that volume, saying so
+    with h5py.File(data / "short.h5", "w") as f:
+        f.create_dataset("image", data=np.ones((1, 16, 16), np.float32))
+    result = _fbp(data, tmp_path / "out", slices=(1, 3))
+    skipped = {s["file"]: s["error"] for s in result.summary["skipped"]}
+    assert skipped == {"short.h5": "data.slices [1, 3] selects none of its 1 slices"}
+    assert result.summary["volumes"] == {"vol0.h5": [1, 2], "vol1.h5": [1, 2]}
+
+
+def test_links_and_folders_named_like_volumes_are_reported_as_skipped(tmp_path):
+    data = _small(tmp_path / "data")
+    (data / "loop.h5").symlink_to(data / "loop.h5")
+    (data / "dangling.h5").symlink_to(tmp_path / "nowhere.h5")
+    (data / "folder.h5").mkdir()
+    (data / "linked.h5").symlink_to(data / "vol0.h5")
+    result = _fbp(data, tmp_path / "out")
+    skipped = {s["file"]: s["error"] for s in result.summary["skipped"]}
+    assert set(skipped) == {"loop.h5", "dangling.h5", "folder.h5"}
+    assert "symbolic link loop" in skipped["loop.h5"]
+    assert "dangling symbolic link" in skipped["dangling.h5"] and "nowhere.h5" in skipped["dangling.h5"]
+    assert "is a folder, not a file" in skipped["folder.h5"]
+    assert sorted(result.summary["volumes"]) == ["linked.h5", "vol0.h5"]
+    assert "Skipped files" in (tmp_path / "out" / "summary.md").read_text()
