@@ -27,7 +27,30 @@ shard's rows, drops a torn last line, and skips the ``(setting, method, volume, 
 finds, so it redoes at most the slices in flight when it was killed. Every random choice is
 seeded from the run's seed and the slice's (or slice batch's first slice's) key, never from the
 order of work, so a resumed run,
-a sharded one and a single one give the same rows (bar the timings).
+a sharded one and a single one give the same rows (bar the timings). A damaged shard CSV (its
+header, a line with the wrong fields or a non-number) is an error naming the file and line; no
+row is ever dropped but a torn last one.
+
+**The run record.** Rows are only resumed from a run with the same parameters. ``run.json``,
+written atomically when a folder's first run starts, records everything that determines the
+rows (:func:`check_record`):
+
+* for the run: the dataset's options (:meth:`Dataset.describe`: ``data.root`` resolved, the
+  pattern, the MRI noise, scale and coil-map options), the seed, ``slice_batch``,
+  ``data.slices`` and the package version;
+* per setting: its options; per data file: its resolved path, size and modification time;
+* per method: its entry with every default filled in, and for a sampler the prior's identity
+  (class and a SHA-256 of its weights and configuration, :func:`prior_identity`) and the
+  network's precision (baselines depend on neither).
+
+A later run must agree with the record on the run's part and on every setting, file and method
+both name, or it is refused with each difference named (``methods.cg.params.max_iter changed: 30
+-> 1``); settings, files and methods new to the folder are added to it, so adding a method to a
+run resumes the others. The device is not recorded (a GPU and a CPU differ in rounding only). A
+folder with rows but no record is refused. ``resume=False`` starts afresh, in ``out_dir`` when
+it holds no run and in ``<out_dir>-2`` (``-3``, ...) otherwise; a sharded run cannot agree on
+such a folder and is refused. A shard holds a non-blocking lock (``rows/.shard-<i>-of-<n>.lock``)
+while it runs, so a second process on the same shard fails at once.
 
 **Slice batches.** ``slice_batch`` consecutive slices of a volume (under one setting) are one
 :class:`~invdiff.problems.base.Problem` with the slices in the batch dimension, so a sampler
@@ -52,11 +75,14 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
+import inspect
 import io
 import json
 import logging
 import math
 import os
+import re
 import time
 import zlib
 from collections import defaultdict
@@ -70,11 +96,14 @@ import h5py
 import numpy as np
 import torch
 
+from invdiff import __version__
 from invdiff.fileio import atomic_save_npy, atomic_write, atomic_write_text, json_safe
 from invdiff.metrics import ssim
 from invdiff.priors.base import Denoiser
 from invdiff.problems.base import Problem
-from invdiff.run import Method, run_method
+from invdiff.run import _PASSED, Method, run_method
+from invdiff.samplers import BASELINES, SAMPLERS
+from invdiff.schedules import SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +146,10 @@ class Dataset(Protocol):
 
     def open(self, path: Path) -> Volume:
         """Read a volume's header; raise ``ValueError`` or ``OSError`` naming the file when it is bad."""
+
+    def describe(self) -> dict:
+        """Everything besides the files that determines the problems (the folder, the pattern, the
+        estimation rules), keyed by config name (e.g. ``"data.root"``, ``"noise_std"``), JSON-able."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,6 +578,187 @@ def merge(out_dir: Path, *, settings: Sequence[str] = (), methods: Sequence[str]
 
 
 # --------------------------------------------------------------------------------------------
+# The run record (run.json): what determines the rows, checked on resume
+# --------------------------------------------------------------------------------------------
+
+RECORD = "run.json"
+_PER_NAME = ("settings", "files", "methods")
+"""Parts of the record compared name by name: a name new to the folder is added, one absent from
+this run is kept; every other part must be equal."""
+
+
+def _plain(value):
+    """``value`` as JSON-able data: containers recursively, functions by qualified name, other
+    objects by ``repr`` without memory addresses."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+def _normal(value):
+    """``value`` as it reads back from ``run.json`` (tuples as lists, NaN as null), for comparisons."""
+    return json.loads(json.dumps(json_safe(_plain(value))))
+
+
+def _defaults(fn, skip: int, leave: Sequence[str] = ()) -> dict:
+    """The keyword defaults of ``fn`` after its first ``skip`` parameters, less ``leave``."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name not in leave}
+
+
+def prior_identity(prior: Denoiser) -> dict:
+    """The prior's class and a SHA-256 of its weights and configuration.
+
+    The digest covers every tensor of the state dict (name, dtype, shape, bytes) and the plain
+    attributes (numbers, strings, tuples and dicts of them) of each of its modules, such as an
+    adapter's prediction type or noise range; it does not depend on where the weights came from.
+    Hashing reads the weights once (about a second per GB).
+    """
+    digest = hashlib.sha256()
+    config = {}
+    for name, module in prior.named_modules():
+        attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"
+                 and _is_plain(v)}
+        config[name] = [f"{type(module).__module__}.{type(module).__qualname__}", attrs]
+    digest.update(json.dumps(_normal(config), sort_keys=True).encode())
+    for name, tensor in prior.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"class": f"{type(prior).__module__}.{type(prior).__qualname__}", "sha256": digest.hexdigest()}
+
+
+def _is_plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def method_record(method: Method, prior: Denoiser | None, precision: str, prior_id: dict | None = None) -> dict:
+    """What determines a method's rows besides the data: its entry with every default filled in
+    (so that ``params: {}`` and the defaults written out are the same method) and, for a sampler,
+    the prior's identity (:func:`prior_identity`) and the network's precision."""
+    if method.baseline is not None:
+        return {"baseline": method.baseline,
+                "params": {**_defaults(BASELINES[method.baseline], 2), **method.params}}
+    schedule = {**_defaults(SCHEDULES[method.schedule], 1, ("sigma_min", "sigma_max")), **method.schedule_params}
+    return {"sampler": method.sampler, "steps": method.steps, "schedule": method.schedule,
+            "schedule_params": schedule,
+            "params": {**_defaults(SAMPLERS[method.sampler], 4, _PASSED), **method.params},
+            "prior": prior_id or (prior_identity(prior) if prior is not None else None), "precision": precision}
+
+
+def file_identity(path: Path) -> dict:
+    """A data file's resolved path, size and modification time (a rewritten file differs)."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _changes(old, new, where: str = "") -> list[str]:
+    """Each difference between two records, named by its path (``methods.cg.params.max_iter``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            path = f"{where}.{key}" if where else key
+            if key not in old:
+                out.append(f"{path} added: {new[key]!r}")
+            elif key not in new:
+                out.append(f"{path} removed (was {old[key]!r})")
+            else:
+                out += _changes(old[key], new[key], path)
+        return out
+    return [] if old == new else [f"{where} changed: {old!r} -> {new!r}"]
+
+
+def check_record(out_dir: Path, record: dict) -> None:
+    """Compare this run's ``record`` with the folder's ``run.json`` and add what is new to it.
+
+    The first run writes the record (atomically). A later one must agree on every part but
+    :data:`_PER_NAME`, and on every setting, file and method the two share; new settings, files
+    and methods are added, so that a method added to ``run`` resumes the others.
+
+    Raises:
+        ValueError: the records differ (each difference is named), or the folder holds rows but
+            no ``run.json`` (a run whose parameters are unknown).
+    """
+    record = _normal(record)
+    path = out_dir / RECORD
+    with _locked(out_dir):
+        if not path.is_file():
+            if any(read_shard(p) for p in sorted((out_dir / "rows").glob("shard-*.csv"))):
+                raise ValueError(f"benchmark.out_dir: {out_dir} holds rows but no {RECORD}, so the parameters "
+                                 f"they were made with cannot be checked; use a new benchmark.out_dir, or "
+                                 f"benchmark.resume=false to start afresh in a new numbered folder beside it")
+            atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+            return
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); restore it, or use a new benchmark.out_dir") from err
+        changes = _changes({k: v for k, v in old.items() if k not in _PER_NAME},
+                           {k: v for k, v in record.items() if k not in _PER_NAME})
+        for part in _PER_NAME:
+            shared = set(old.get(part, {})) & set(record[part])
+            changes += _changes({k: old[part][k] for k in shared}, {k: record[part][k] for k in shared}, part)
+        if changes:
+            raise ValueError(f"benchmark.out_dir: {out_dir} holds a run that differs from this one "
+                             f"({'; '.join(changes)}), whose rows would be mixed with this run's; use a new "
+                             f"benchmark.out_dir, or benchmark.resume=false to start afresh in a new numbered "
+                             f"folder beside it")
+        merged = {**old, **{part: {**old.get(part, {}), **record[part]} for part in _PER_NAME}}
+        if merged != old:
+            atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
+
+
+def _holds_run(out_dir: Path) -> bool:
+    return (out_dir / RECORD).is_file() or any(p.stat().st_size for p in out_dir.glob("rows/shard-*.csv"))
+
+
+def _fresh_folder(out_dir: Path, shard: Shard) -> Path:
+    """``out_dir`` when it holds no run, else the first free ``<out_dir>-2``, ``-3``, ... (``resume=false``)."""
+    if shard.count > 1:
+        raise ValueError(f"benchmark.resume=false: a run split into shards ({shard.count}) cannot agree on a new "
+                         f"folder; give it a new benchmark.out_dir (its shards then resume together)")
+    if not _holds_run(out_dir):
+        return out_dir
+    k = 2
+    while out_dir.with_name(f"{out_dir.name}-{k}").exists():
+        k += 1
+    fresh = out_dir.with_name(f"{out_dir.name}-{k}")
+    log.warning("benchmark.resume=false: %s holds a run; this one starts afresh in %s", out_dir, fresh)
+    return fresh
+
+
+@contextmanager
+def _shard_lock(out_dir: Path, shard: Shard) -> Iterator[None]:
+    """A non-blocking exclusive lock on the shard (``rows/.shard-<i>-of-<n>.lock``) for the time it runs."""
+    path = out_dir / "rows" / f".shard-{shard.index}-of-{shard.count}.lock"
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise RuntimeError(f"shard {shard.index} of {shard.count} of {out_dir} is being run by another process "
+                               f"(it holds {path.name}); wait for it to finish, or run another shard or "
+                               f"benchmark.out_dir") from err
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------
 # Shards and the run
 # --------------------------------------------------------------------------------------------
 
@@ -607,6 +821,7 @@ def run_batch(
     precision: str = "fp32",
     notes: Sequence[str] = (),
     max_items: int | None = None,
+    resume: bool = True,
 ) -> BatchResult:
     """Run ``methods`` on this shard's slices of ``dataset`` under ``settings``, resuming from ``out_dir``.
 
@@ -626,26 +841,55 @@ def run_batch(
         notes: lines the summary carries (e.g. that the coil maps are an oracle's).
         max_items: stop after this many new ``(volume, slice batch, setting)`` problems (for
             tests that simulate a killed run).
+        resume: resume the run in ``out_dir`` (its ``run.json`` must agree with this run's); false
+            starts afresh, in ``out_dir`` if it holds no run, else in the first free
+            ``<out_dir>-2``, ``-3``, ... (one process only: shards could not agree on it).
 
     Returns:
-        The merged summary (rank 0 of a torchrun group, or every cluster job) and counts.
+        The merged summary (rank 0 of a torchrun group, or every cluster job), counts, and the
+        run folder used.
+
+    Raises:
+        ValueError: bad arguments, nothing to run (no readable volume, an empty slice range), or
+            a folder holding another run (module docstring, "Resume").
+        RuntimeError: another process is running this shard of the folder.
     """
     if int(slice_batch) != slice_batch or slice_batch < 1:
         raise ValueError(f"slice_batch: expected a positive integer, got {slice_batch!r}")
     shard = shard or Shard()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if resume else _fresh_folder(Path(out_dir), shard)
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
+    with _shard_lock(out_dir, shard):
+        new, skipped = _run_shard(dataset, methods, settings, out_dir, prior=prior, seed=seed, shard=shard,
+                                  slices=slices, slice_batch=slice_batch, device=device, precision=precision,
+                                  notes=notes, max_items=max_items)
+    if shard.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        summary = merge(out_dir, settings=list(settings), methods=list(methods)) if shard.index == 0 else {}
+        dist.barrier()
+    else:
+        summary = merge(out_dir, settings=list(settings), methods=list(methods))
+    return BatchResult(summary, new, len(skipped), out_dir)
+
+
+def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str, dict], out_dir: Path, *,
+               prior: Denoiser | None, seed: int, shard: Shard, slices: Sequence[int] | None, slice_batch: int,
+               device, precision: str, notes: Sequence[str], max_items: int | None) -> tuple[int, dict[str, str]]:
+    """:func:`run_batch`'s work on this shard, under its lock: the new problems run and the skipped files."""
     done = {_row_key(r) for r in read_rows(out_dir)}
 
     # 1. Every volume's header (all shards read all headers: cheap); bad files are reported.
-    volumes: list[Volume] = []
+    opened: list[tuple[Path, Volume]] = []
     skipped: dict[str, str] = {}
     for path in dataset.paths():
         try:
-            volumes.append(dataset.open(path))
+            opened.append((path, dataset.open(path)))
         except (ValueError, OSError) as err:
             log.warning("skipping %s: %s", path.name, err)
             skipped[path.name] = str(err)
+    volumes = [v for _, v in opened]
     # 2. A prior that cannot run on a volume stops the run here, before any slice.
     if prior is not None and any(m.is_sampler for m in methods.values()):
         for volume in volumes:
@@ -666,6 +910,13 @@ def run_batch(
         skipped[volume.name] = f"data.slices {list(slices)} selects none of its {volume.num_slices} slices"
         del chosen[volume.name]
     volumes = [v for v in volumes if v.name in chosen]
+    prior_id = prior_identity(prior) if prior is not None and any(m.is_sampler for m in methods.values()) else None
+    check_record(out_dir, {
+        **dataset.describe(), "code_version": __version__, "seed": seed, "slice_batch": int(slice_batch),
+        "data.slices": None if slices is None else list(slices), "settings": settings,
+        "files": {v.name: file_identity(path) for path, v in opened},
+        "methods": {name: method_record(m, prior, precision, prior_id) for name, m in methods.items()},
+    })
     writer = RowWriter(out_dir / "rows" / f"shard-{shard.index}-of-{shard.count}.csv")
     manifest = {"volumes": chosen, "skipped": skipped, "notes": list(notes)}
     atomic_write_text(out_dir / "rows" / f"manifest-{shard.index}-of-{shard.count}.json", json.dumps(manifest))
@@ -702,15 +953,7 @@ def run_batch(
             for row in rows:
                 if (setting, method, volume.name, row["slice"]) not in done:
                     writer.append(row)
-    if shard.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        summary = merge(out_dir, settings=list(settings), methods=list(methods)) if shard.index == 0 else {}
-        dist.barrier()
-    else:
-        summary = merge(out_dir, settings=list(settings), methods=list(methods))
-    return BatchResult(summary, new, len(skipped), out_dir)
+    return new, skipped
 
 
 def _slice_range(num_slices: int, slices: Sequence[int] | None) -> list[int]:

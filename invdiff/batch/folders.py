@@ -144,6 +144,13 @@ class FastMRIFolder:
     def paths(self) -> list[Path]:
         return h5_paths(self.root, self.pattern)
 
+    def describe(self) -> dict:
+        """The folder and the rules the problems are made with, by config name (the run record)."""
+        return {"kind": "fastmri", "data.root": str(self.root.resolve()), "data.pattern": self.pattern,
+                "coil_maps": self.maps.method, "calib_rows": self.maps.calib_rows,
+                "kernel_width": self.maps.kernel_width, "espirit": dict(self.maps.espirit), "scale": self.scale,
+                "noise_std": self.noise_std}
+
     def open(self, path: Path) -> FastMRIVolume:
         """The volume's header (:func:`~invdiff.problems.fastmri.open_fastmri`); errors name the file."""
         check_file(path)
@@ -179,6 +186,10 @@ class CTFolder:
 
     def paths(self) -> list[Path]:
         return h5_paths(self.root, self.pattern)
+
+    def describe(self) -> dict:
+        """The folder, by config name (the run record); the projections are the settings'."""
+        return {"kind": "ct", "data.root": str(self.root.resolve()), "data.pattern": self.pattern}
 
     def open(self, path: Path) -> CTVolume:
         """The volume's header: ``image`` must be a float ``(slices, H, W)`` dataset with slices, finite

@@ -21,6 +21,12 @@ Methods are :class:`invdiff.run.Method` entries of the config (``sampler``: a ke
 :data:`invdiff.samplers.SAMPLERS` with ``steps``, ``schedule``, ``schedule_params`` and
 ``params``; ``baseline``: a key of :data:`invdiff.samplers.BASELINES` with ``params``); a bad
 entry stops the run before any slice, naming its config key.
+
+**Resume.** ``benchmark.out_dir`` is the run folder: the same command again resumes it, and a
+command with other parameters (a method's entry, a setting, the noise options, ``data.root`` or
+its files, the seed, ``slice_batch``, ``data.slices``, the prior of a sampler) is refused with
+the list of what changed (:func:`invdiff.batch.engine.check_record`); ``benchmark.resume=false``
+starts afresh, in ``<out_dir>-2`` (``-3``, ...) when ``out_dir`` holds a run.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ def build_methods(methods: Mapping[str, Mapping], run: Sequence[str] | None = No
 def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, methods: Mapping,
                      run: Sequence[str] | None, prior: Denoiser | None, seed: int, threads: int, device: str,
                      precision: str, slice_batch: int, shard: int, num_shards: int, max_items: int | None,
-                     slices: Sequence[int] | None, notes: Sequence[str] = ()) -> str:
+                     slices: Sequence[int] | None, notes: Sequence[str] = (), resume: bool = True) -> str:
     torch.set_num_threads(int(threads))
     built = build_methods(methods, run)
     if prior is None and any(m.is_sampler for m in built.values()):
@@ -63,17 +69,20 @@ def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, met
         device = torch.device(f"cuda:{where.local_rank}")
     result = run_batch(dataset, built, dict(settings), Path(out_dir), prior=prior, seed=seed, shard=where,
                        slices=slices, slice_batch=slice_batch, device=device, precision=precision, notes=notes,
-                       max_items=max_items)
+                       max_items=max_items, resume=resume)
+    folder = str(result.out_dir)
+    if Path(out_dir) != result.out_dir:
+        folder += f" (benchmark.resume=false: {out_dir} holds an earlier run)"
     if not result.summary:
-        return f"shard {where.index} of {where.count}: {result.done} slice batches done; rank 0 writes the summary"
-    return f"{name} benchmark, {result.summary['rows']} slice rows in {out_dir}\n\n" + markdown_summary(result.summary)
+        return f"shard {where.index} of {where.count}: {result.done} slice batches done in {folder}; rank 0 writes the summary"
+    return f"{name} benchmark, {result.summary['rows']} slice rows in {folder}\n\n" + markdown_summary(result.summary)
 
 
 def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, prior: Denoiser | None,
                   run: Sequence[str] | None = None, coil_maps: str = "acs", scale: str = "estimate",
                   noise_std: float | None = None, calib_rows: int = 24, kernel_width: int = 6, seed: int = 0,
                   threads: int = 1, device: str = "cpu", precision: str = "fp32", slice_batch: int = 1,
-                  shard: int = 0, num_shards: int = 1, max_items: int | None = None) -> str:
+                  shard: int = 0, num_shards: int = 1, max_items: int | None = None, resume: bool = True) -> str:
     """The fastMRI batch benchmark (module docstring); returns the summary table."""
     root = data.get("root")
     if root is None:
@@ -92,13 +101,13 @@ def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pr
     return _batch_benchmark(dataset, name="mri", out_dir=out_dir, settings=settings, methods=methods, run=run,
                             prior=prior, seed=seed, threads=threads, device=device, precision=precision,
                             slice_batch=slice_batch, shard=shard, num_shards=num_shards, max_items=max_items,
-                            slices=data.get("slices"), notes=notes)
+                            slices=data.get("slices"), notes=notes, resume=resume)
 
 
 def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, prior: Denoiser | None,
                  run: Sequence[str] | None = None, seed: int = 0, threads: int = 1, device: str = "cpu",
                  precision: str = "fp32", slice_batch: int = 1, shard: int = 0, num_shards: int = 1,
-                 max_items: int | None = None) -> str:
+                 max_items: int | None = None, resume: bool = True) -> str:
     """The CT batch benchmark (module docstring); returns the summary table."""
     root = data.get("root")
     if root is None:
@@ -107,7 +116,7 @@ def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pri
     return _batch_benchmark(dataset, name="ct", out_dir=out_dir, settings=settings, methods=methods, run=run,
                             prior=prior, seed=seed, threads=threads, device=device, precision=precision,
                             slice_batch=slice_batch, shard=shard, num_shards=num_shards, max_items=max_items,
-                            slices=data.get("slices"))
+                            slices=data.get("slices"), resume=resume)
 
 
 __all__ = ["build_methods", "ct_benchmark", "mri_benchmark"]

@@ -6,6 +6,7 @@ stays fast; the engine's behaviour on samplers is the same and is covered by ``t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -16,14 +17,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
-from invdiff.batch import read_rows, run_batch
+from invdiff.batch import Shard, read_rows, run_batch
 from invdiff.batch.engine import ROW_FIELDS
 from invdiff.batch.folders import CTFolder, FastMRIFolder
 from invdiff.data.datasets import mri_brain_fastmri
+from invdiff.priors.gmm import GaussianMixture
 from invdiff.problems.fastmri import MapsOptions
 from invdiff.run import Method
-from tests.benchmarks.test_batch import CT_SETTINGS, _ct_folder
+from tests.benchmarks.test_batch import CT_SETTINGS, _ct_folder, _ct_prior
 
 pytestmark = pytest.mark.hostile
 
@@ -242,3 +245,103 @@ def test_links_and_folders_named_like_volumes_are_reported_as_skipped(tmp_path):
     assert "is a folder, not a file" in skipped["folder.h5"]
     assert sorted(result.summary["volumes"]) == ["linked.h5", "vol0.h5"]
     assert "Skipped files" in (tmp_path / "out" / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# Resume: a run folder never mixes rows of different runs
+# --------------------------------------------------------------------------------------------
+
+REFUSED = r"benchmark\.out_dir: .*out holds a run that differs from this one .*{}.*benchmark\.resume=false"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"methods": {"fbp": Method("fbp", baseline="fbp", params={"filter": "hann"})}},
+     r"methods\.fbp\.params\.filter changed: 'ramp' -> 'hann'"),
+    ({"settings": {"views8": {"views": 8, "noise_std": 0.1}}}, r"settings\.views8\.noise_std changed: 0\.05 -> 0\.1"),
+    ({"seed": 1}, r"seed changed: 0 -> 1"),
+    ({"slice_batch": 2}, r"slice_batch changed: 1 -> 2"),
+    ({"slices": (0, 1)}, r"data\.slices changed: None -> \[0, 1\]"),
+])
+def test_a_resume_with_other_parameters_refuses_naming_what_changed(tmp_path, change, message):
+    data, out = _small(tmp_path / "data"), tmp_path / "out"
+    _fbp(data, out)
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match=REFUSED.format(message)):
+        _fbp(data, out, **change)
+    assert _snapshot(out) == before
+
+
+def test_a_resume_on_another_data_root_or_a_changed_file_refuses(tmp_path):
+    data, out = _small(tmp_path / "data"), tmp_path / "out"
+    _fbp(data, out)
+    other = shutil.copytree(data, tmp_path / "other")
+    with pytest.raises(ValueError, match=REFUSED.format(r"data\.root changed: '.*data' -> '.*other'")):
+        _fbp(other, out)
+    with h5py.File(data / "vol0.h5", "a") as f:
+        f["image"][0] = 0.5 * f["image"][0]
+    with pytest.raises(ValueError, match=REFUSED.format(r"files\.vol0\.h5\.(size|mtime_ns) changed")):
+        _fbp(data, out)
+
+
+def test_a_resume_with_another_mri_noise_level_refuses(brain, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    shutil.copy(brain, data / brain.name)
+    methods = {"zero_filled": Method("zero_filled", baseline="zero_filled")}
+    settings = {"4x": {"acceleration": 4, "center_fraction": 0.2}}
+    run_batch(FastMRIFolder(data, MapsOptions("acs")), methods, settings, out)
+    with pytest.raises(ValueError, match=REFUSED.format(r"noise_std changed: None -> 0\.01")):
+        run_batch(FastMRIFolder(data, MapsOptions("acs"), noise_std=0.01), methods, settings, out)
+    with pytest.raises(ValueError, match=REFUSED.format(r"coil_maps changed: 'acs' -> 'oracle'")):
+        run_batch(FastMRIFolder(data, MapsOptions("oracle")), methods, settings, out)
+
+
+def test_a_new_method_or_setting_resumes_the_others_and_a_new_prior_refuses_the_samplers(tmp_path):
+    data, out = _small(tmp_path / "data"), tmp_path / "out"
+    _fbp(data, out)
+    fbp_rows = read_rows(out)
+    hann = {**FBP, "hann": Method("hann", baseline="fbp", params={"filter": "hann"})}
+    assert _fbp(data, out, hann, {**VIEWS8, "views12": {"views": 12, "noise_std": 0.05}}).done == 4
+    assert [r for r in read_rows(out) if r["method"] == "fbp" and r["setting"] == "views8"] == fbp_rows
+    dds = {"dds": Method("dds", sampler="dds", steps=2)}
+    _fbp(data, out, dds, prior=_ct_prior(16))
+    with pytest.raises(ValueError, match=REFUSED.format(r"methods\.dds\.prior\.sha256 changed")):
+        _fbp(data, out, {**FBP, **dds}, prior=GaussianMixture(torch.full((1, 256), 0.2), 0.09 * torch.eye(256)[None],
+                                                                shape=(1, 16, 16)))
+    with pytest.raises(ValueError, match=REFUSED.format(r"methods\.dds\.precision changed: 'fp32' -> 'bf16'")):
+        _fbp(data, out, dds, prior=_ct_prior(16), precision="bf16")
+    # the baselines depend on neither the prior nor its precision
+    assert _fbp(data, out, FBP, prior=_ct_prior(24), precision="bf16").done == 0
+
+
+def test_resume_false_starts_afresh_in_a_numbered_folder_and_a_sharded_one_refuses(tmp_path):
+    data, out = _small(tmp_path / "data"), tmp_path / "out"
+    _fbp(data, out)
+    before = _snapshot(out)
+    fresh = _fbp(data, out, seed=1, resume=False)
+    assert fresh.out_dir == tmp_path / "out-2" and fresh.done == 2 and _snapshot(out) == before
+    assert _fbp(data, out, seed=2, resume=False).out_dir == tmp_path / "out-3"
+    with pytest.raises(ValueError, match=r"benchmark\.resume=false: .*shards"):
+        _fbp(data, tmp_path / "sharded", resume=False, shard=Shard(0, 2))
+
+
+def test_a_folder_with_rows_and_no_record_of_its_run_refuses(tmp_path):
+    data, out = _small(tmp_path / "data"), tmp_path / "out"
+    _fbp(data, out)
+    (out / "run.json").unlink()
+    with pytest.raises(ValueError, match=r"benchmark\.out_dir: .*out holds rows but no run\.json"):
+        _fbp(data, out)
+
+
+def test_a_second_process_on_the_same_shard_fails_fast(tmp_path):
+    data, out = _small(tmp_path / "data"), tmp_path / "out"
+    (out / "rows").mkdir(parents=True)
+    with (out / "rows" / ".shard-0-of-1.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match=r"shard 0 of 1 of .*out is being run by another process"):
+            _fbp(data, out)
+    assert _fbp(data, out).done == 2
