@@ -4,7 +4,8 @@ The batch benchmarks (``benchmark=mri``, ``benchmark=ct``) take the prior from t
 group (``prior=adm prior.path=... prior.config=dds_fastmri_320``, ``prior=unet
 prior.path=...``; default: the benchmark's own, ``configs/prior/<benchmark>.yaml``), and
 ``data.root``, ``shard`` and ``num_shards`` (or run under ``torchrun``, one shard per rank).
-Config nodes with a ``_target_`` inside a benchmark's config (e.g. a case's prior) are
+A batch benchmark in which a method failed on every slice of a setting prints its summary and
+exits with an error naming them. Config nodes with a ``_target_`` inside a benchmark's config (e.g. a case's prior) are
 instantiated here; the library functions take typed arguments.
 """
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from invdiff.benchmarks import BENCHMARKS
 from invdiff.benchmarks.reconstruction import Case
+from invdiff.benchmarks.volumes import MethodsFailed
 from invdiff.fileio import atomic_write_text
 from invdiff.run import Method
 
@@ -58,10 +60,16 @@ def main(cfg: DictConfig) -> None:
     for key in ("shard", "num_shards"):
         if key in accepted:
             params[key] = cfg[key]
-    report = fn(**params)
+    failure = None
+    try:
+        report = fn(**params)
+    except MethodsFailed as err:  # the summary is written; show it, then exit with the error
+        report, failure = err.report, err
     print(report)
     if cfg.output:
         atomic_write_text(Path(hydra.utils.to_absolute_path(cfg.output)), report + "\n")
+    if failure is not None:
+        raise SystemExit(f"error: {failure}")
 
 
 if __name__ == "__main__":

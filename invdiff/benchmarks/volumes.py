@@ -43,6 +43,21 @@ from invdiff.problems.fastmri import MapsOptions
 from invdiff.run import Method, resolve_device
 
 
+class MethodsFailed(RuntimeError):
+    """Some methods failed on every slice of a setting; ``report`` holds the summary table, written
+    to the run folder before this is raised, for the caller to show before it exits with an error."""
+
+    def __init__(self, message: str, report: str):
+        super().__init__(message)
+        self.report = report
+
+
+def failed_everywhere(summary: dict) -> list[tuple[str, str]]:
+    """The ``(setting, method)`` pairs of a summary with failed rows and no good one."""
+    good = {(e["setting"], e["method"]) for e in summary.get("methods", [])}
+    return sorted({(f["setting"], f["method"]) for f in summary.get("failed", [])} - good)
+
+
 def build_methods(methods: Mapping[str, Mapping], run: Sequence[str] | None = None) -> dict[str, Method]:
     """``{name: Method}`` of the config's ``methods`` entries named in ``run`` (default: all), in
     that order; unknown names and bad entries raise here, naming the config key."""
@@ -75,7 +90,15 @@ def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, met
         folder += f" (benchmark.resume=false: {out_dir} holds an earlier run)"
     if not result.summary:
         return f"shard {where.index} of {where.count}: {result.done} slice batches done in {folder}; rank 0 writes the summary"
-    return f"{name} benchmark, {result.summary['rows']} slice rows in {folder}\n\n" + markdown_summary(result.summary)
+    report = f"{name} benchmark, {result.summary['rows']} slice rows in {folder}\n\n" + markdown_summary(result.summary)
+    failed = failed_everywhere(result.summary)
+    if failed:
+        first = {(f["setting"], f["method"]): f["error"] for f in reversed(result.summary["failed"])}
+        lines = "; ".join(f"{method} failed on every slice of {setting} ({first[(setting, method)]})"
+                          for setting, method in failed)
+        raise MethodsFailed(f"benchmark {name}: {lines}; the rows and errors are in {result.out_dir} "
+                            f"(summary.json, 'failed')", report)
+    return report
 
 
 def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, prior: Denoiser | None,
@@ -83,7 +106,11 @@ def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pr
                   noise_std: float | None = None, calib_rows: int = 24, kernel_width: int = 6, seed: int = 0,
                   threads: int = 1, device: str = "cpu", precision: str = "fp32", slice_batch: int = 1,
                   shard: int = 0, num_shards: int = 1, max_items: int | None = None, resume: bool = True) -> str:
-    """The fastMRI batch benchmark (module docstring); returns the summary table."""
+    """The fastMRI batch benchmark (module docstring); returns the summary table.
+
+    Raises:
+        MethodsFailed: a method failed on every slice of a setting (after the summary is written).
+    """
     root = data.get("root")
     if root is None:
         from invdiff.data.datasets import DATASETS_FASTMRI
@@ -108,7 +135,11 @@ def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pri
                  run: Sequence[str] | None = None, seed: int = 0, threads: int = 1, device: str = "cpu",
                  precision: str = "fp32", slice_batch: int = 1, shard: int = 0, num_shards: int = 1,
                  max_items: int | None = None, resume: bool = True) -> str:
-    """The CT batch benchmark (module docstring); returns the summary table."""
+    """The CT batch benchmark (module docstring); returns the summary table.
+
+    Raises:
+        MethodsFailed: a method failed on every slice of a setting (after the summary is written).
+    """
     root = data.get("root")
     if root is None:
         root = ct_volumes(data.get("data_root", "data"), 64)
@@ -119,4 +150,4 @@ def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pri
                             slices=data.get("slices"), resume=resume)
 
 
-__all__ = ["build_methods", "ct_benchmark", "mri_benchmark"]
+__all__ = ["MethodsFailed", "build_methods", "ct_benchmark", "failed_everywhere", "mri_benchmark"]

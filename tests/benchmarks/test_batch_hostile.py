@@ -10,8 +10,11 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -26,7 +29,7 @@ from invdiff.data.datasets import mri_brain_fastmri
 from invdiff.priors.gmm import GaussianMixture
 from invdiff.problems.fastmri import MapsOptions
 from invdiff.run import Method
-from tests.benchmarks.test_batch import CT_SETTINGS, _ct_folder, _ct_prior
+from tests.benchmarks.test_batch import CT_SETTINGS, ROOT, _ct_folder, _ct_prior
 
 pytestmark = pytest.mark.hostile
 
@@ -345,3 +348,21 @@ def test_a_second_process_on_the_same_shard_fails_fast(tmp_path):
         with pytest.raises(RuntimeError, match=r"shard 0 of 1 of .*out is being run by another process"):
             _fbp(data, out)
     assert _fbp(data, out).done == 2
+
+
+# --------------------------------------------------------------------------------------------
+# A method that fails everywhere fails the command
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_method_that_failed_on_every_slice_ends_the_command_with_an_error_after_the_summary(tmp_path):
+    data, out = _small(tmp_path / "data"), tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "benchmark=ct", f"data.root={data}", f"benchmark.out_dir={out}",
+         "benchmark.run=[fbp]", "benchmark.settings.views8.views=0", f"hydra.run.dir={out}/hydra"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "fbp failed on every slice of views8" in done.stderr and "n_views" in done.stderr
+    assert "| views30 | fbp | 0 |" in done.stdout  # the summary is printed and written first
+    summary = json.loads((out / "summary.json").read_text())
+    assert {f["setting"] for f in summary["failed"]} == {"views8"} and len(summary["failed"]) == 2
