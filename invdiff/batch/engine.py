@@ -29,7 +29,11 @@ seeded from the run's seed and the slice's (or slice batch's first slice's) key,
 order of work, so a resumed run,
 a sharded one and a single one give the same rows (bar the timings). A damaged shard CSV (its
 header, a line with the wrong fields or a non-number) is an error naming the file and line; no
-row is ever dropped but a torn last one.
+row is ever dropped but a torn last one. Every file of the summary is written atomically, and a
+merge rebuilds them all from the rows, so a merge killed at any write leaves the previous files
+and the next run's merge completes them; the submission files are rebuilt when the slices they
+were made from change (:func:`assemble_submission`) and are byte for byte the same for the same
+slices.
 
 **The run record.** Rows are only resumed from a run with the same parameters. ``run.json``,
 written atomically when a folder's first run starts, records everything that determines the
@@ -488,12 +492,51 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_save_npy(path, np.asarray(array, dtype=np.float32), mkdir=True)
 
 
+SOURCES = ".sources.json"
+"""``reconstructions/.sources.json``: per submission file, the slice files it was built from (their
+sizes and modification times) and its own, so that a merge rewrites exactly the stale files."""
+
+
+def write_submission(path: Path, recon: np.ndarray, indices: Sequence[int]) -> None:
+    """Write one volume's ``(slices, h, w)`` float32 ``reconstruction`` atomically, byte for byte the
+    same for the same data (no object timestamps); a partial range of slices goes to the
+    ``slices`` attribute."""
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=np.asarray(recon, dtype=np.float32), track_times=False)
+            if list(indices) != list(range(len(indices))) or len(indices) != recon.shape[0]:
+                f.attrs["slices"] = np.asarray(indices)
+
+    atomic_write(path, write, mkdir=True)
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """``[size, mtime_ns]`` of a file, ``None`` when it is absent."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: dict[str, list[int]]) -> list[Path]:
     """Write ``reconstructions/<setting>/<method>/<volume>.h5`` for every volume whose slices are all done.
 
     ``expected_slices`` holds each volume's slice indices in the run (all of them unless the run
-    took a range); a file of a partial range carries them in its ``slices`` attribute.
+    took a range); a file of a partial range carries them in its ``slices`` attribute. A file is
+    (re)written unless :data:`SOURCES` shows it was built from the current slice files and has not
+    changed since, so a file from slices redone since, or replaced, is rebuilt; temporary files
+    that a killed merge left are removed first. Callers hold the run folder's lock.
+
+    Returns:
+        The files written.
     """
+    root = out_dir / "reconstructions"
+    for leftover in root.rglob(".*.tmp*") if root.is_dir() else []:
+        leftover.unlink()
+    sources_path = root / SOURCES
+    sources = json.loads(sources_path.read_text()) if sources_path.is_file() else {}
     done: dict[tuple[str, str, str], set[int]] = defaultdict(set)
     for row in rows:
         if not row["error"]:
@@ -503,20 +546,17 @@ def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: di
         indices = expected_slices.get(volume)
         if indices is None or slices != set(indices):
             continue
-        path = out_dir / "reconstructions" / setting / method / volume
-        if path.is_file():
+        path = root / setting / method / volume
+        key = str(path.relative_to(root))
+        parts = [slice_path(out_dir, setting, method, volume, i) for i in indices]
+        record = {"slices": list(indices), "sources": [_stamp(q) for q in parts]}
+        if sources.get(key, {}).get("file") is not None and sources[key] == {**record, "file": _stamp(path)}:
             continue
-        recon = np.stack([np.load(slice_path(out_dir, setting, method, volume, i)) for i in indices])
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(tmp: Path, recon=recon, indices=indices) -> None:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("reconstruction", data=recon.astype(np.float32))
-                if list(indices) != list(range(len(indices))) or len(indices) != recon.shape[0]:
-                    f.attrs["slices"] = np.asarray(indices)
-
-        atomic_write(path, write)
+        write_submission(path, np.stack([np.load(q) for q in parts]), indices)
+        sources[key] = {**record, "file": _stamp(path)}
         written.append(path)
+    if written:
+        atomic_write_text(sources_path, json.dumps(sources, indent=1, sort_keys=True) + "\n")
     return written
 
 

@@ -90,6 +90,10 @@ def test_kill_and_resume_gives_the_uninterrupted_summary(tmp_path):
     with h5py.File(out / "reconstructions" / "views8" / "fbp" / "vol0.h5") as f:
         assert f["reconstruction"].shape == (3, 24, 24) and f["reconstruction"].dtype == np.float32
     assert not list(out.rglob(".*.tmp*"))
+    # the submission files are those of the uninterrupted run, byte for byte
+    submissions = {folder: {str(p.relative_to(folder)): p.read_bytes() for p in (folder / "reconstructions").rglob("*.h5")}
+                   for folder in (out, tmp_path / "full")}
+    assert submissions[out] == submissions[tmp_path / "full"] and len(submissions[out]) == 8
 
 
 def test_two_shards_give_the_rows_of_one(tmp_path):

@@ -6,6 +6,7 @@ stays fast; the engine's behaviour on samplers is the same and is covered by ``t
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import hashlib
 import json
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from invdiff.batch import Shard, read_rows, run_batch
+from invdiff.batch import Shard, engine, read_rows, run_batch
 from invdiff.batch.engine import ROW_FIELDS
 from invdiff.batch.folders import CTFolder, FastMRIFolder
 from invdiff.data.datasets import mri_brain_fastmri
@@ -366,3 +367,112 @@ def test_a_method_that_failed_on_every_slice_ends_the_command_with_an_error_afte
     assert "| views30 | fbp | 0 |" in done.stdout  # the summary is printed and written first
     summary = json.loads((out / "summary.json").read_text())
     assert {f["setting"] for f in summary["failed"]} == {"views8"} and len(summary["failed"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Killed while merging: a resumed run gives the uninterrupted run's files
+# --------------------------------------------------------------------------------------------
+
+TWO_SETTINGS = {"views8": CT_SETTINGS["views8"], "limited": CT_SETTINGS["limited"]}
+
+
+class _Killed(BaseException):
+    """A process killed at a write: no handler catches it, and nothing after it runs."""
+
+
+def _without_timings(out: Path) -> tuple[list[dict], dict]:
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "seconds_per_slice"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    with (out / "rows.csv").open() as f:
+        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    return rows, strip(json.loads((out / "summary.json").read_text()))
+
+
+def _submissions(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "reconstructions").rglob("*.h5"))}
+
+
+def _assert_as_uninterrupted(out: Path, full: Path) -> None:
+    assert _without_timings(out) == _without_timings(full)
+    assert _submissions(out) == _submissions(full) and len(_submissions(full)) == 4
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.fixture
+def uninterrupted(tmp_path) -> tuple[Path, Path]:
+    data = _small(tmp_path / "data", volumes=2)
+    _fbp(data, tmp_path / "full", settings=TWO_SETTINGS)
+    return data, tmp_path / "full"
+
+
+@pytest.mark.parametrize("target", ["rows.csv", "summary.json", "summary.md", ".sources.json"])
+def test_killed_while_writing_the_summary_a_rerun_gives_the_uninterrupted_files(uninterrupted, tmp_path, monkeypatch,
+                                                                                  target):
+    data, full = uninterrupted
+    out = tmp_path / "out"
+    write = engine.atomic_write_text
+
+    def dies_at_target(path, text, **kwargs):
+        if Path(path).name == target:
+            raise _Killed(path)
+        write(path, text, **kwargs)
+
+    monkeypatch.setattr(engine, "atomic_write_text", dies_at_target)
+    with pytest.raises(_Killed):
+        _fbp(data, out, settings=TWO_SETTINGS)
+    monkeypatch.undo()
+    assert _fbp(data, out, settings=TWO_SETTINGS).done == 0
+    _assert_as_uninterrupted(out, full)
+
+
+@pytest.mark.parametrize("survivors", [0, 2])
+def test_killed_while_writing_the_submission_files_a_rerun_gives_the_uninterrupted_files(uninterrupted, tmp_path,
+                                                                                         monkeypatch, survivors):
+    data, full = uninterrupted
+    out = tmp_path / "out"
+    write = engine.write_submission
+    written = []
+
+    def dies_midway(path, recon, indices):
+        if len(written) == survivors:  # a partial temporary file is left, as a killed process leaves it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_name(f".{path.name}.tmp99999").write_bytes(b"\x89HDF\r\n\x1a\n partial")
+            raise _Killed(path)
+        write(path, recon, indices)
+        written.append(path)
+
+    monkeypatch.setattr(engine, "write_submission", dies_midway)
+    with pytest.raises(_Killed):
+        _fbp(data, out, settings=TWO_SETTINGS)
+    monkeypatch.undo()
+    assert len(_submissions(out)) == survivors  # the file being written is not in place
+    assert _fbp(data, out, settings=TWO_SETTINGS).done == 0
+    _assert_as_uninterrupted(out, full)
+
+
+def test_a_stale_submission_file_is_rewritten(uninterrupted, tmp_path):
+    data, full = uninterrupted
+    out = tmp_path / "out"
+    _fbp(data, out, settings=TWO_SETTINGS)
+    stale = out / "reconstructions" / "views8" / "fbp" / "vol0.h5"
+    with h5py.File(stale, "w") as f:  # another run's file, or one from slices redone since
+        f.create_dataset("reconstruction", data=np.zeros((2, 16, 16), np.float32))
+    assert _fbp(data, out, settings=TWO_SETTINGS).done == 0
+    _assert_as_uninterrupted(out, full)
+    # a slice redone after its row was lost: the volume's file is rebuilt from the new slice
+    shard = out / "rows" / "shard-0-of-1.csv"
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(line for line in lines if not line.startswith("views8,fbp,vol1.h5,1,")))
+    slice_file = out / "slices" / "views8" / "fbp" / "vol1" / "0001.npy"
+    np.save(slice_file, np.ones((16, 16), np.float32))
+    files = {name: out / "reconstructions" / "views8" / "fbp" / name for name in ("vol0.h5", "vol1.h5")}
+    before = {name: path.stat().st_mtime_ns for name, path in files.items()}
+    assert _fbp(data, out, settings=TWO_SETTINGS).done == 1
+    after = {name: path.stat().st_mtime_ns for name, path in files.items()}
+    assert after["vol0.h5"] == before["vol0.h5"] and after["vol1.h5"] != before["vol1.h5"]
+    _assert_as_uninterrupted(out, full)
