@@ -536,7 +536,15 @@ def assemble_submission(out_dir: Path, rows: Sequence[dict], expected_slices: di
     for leftover in root.rglob(".*.tmp*") if root.is_dir() else []:
         leftover.unlink()
     sources_path = root / SOURCES
-    sources = json.loads(sources_path.read_text()) if sources_path.is_file() else {}
+    sources = {}
+    if sources_path.is_file():
+        try:
+            sources = json.loads(sources_path.read_text())
+        except json.JSONDecodeError as err:
+            log.warning("%s: unreadable (%s); rebuilding every submission file", sources_path, err)
+        if not isinstance(sources, dict):
+            log.warning("%s: not a record of submission files; rebuilding every one", sources_path)
+            sources = {}
     done: dict[tuple[str, str, str], set[int]] = defaultdict(set)
     for row in rows:
         if not row["error"]:
@@ -595,9 +603,13 @@ def merge(out_dir: Path, *, settings: Sequence[str] = (), methods: Sequence[str]
         skipped: dict[str, str] = {}
         notes: list[str] = []
         for path in sorted(out_dir.glob("rows/manifest-*.json")):
-            manifest = json.loads(path.read_text())
-            expected.update(manifest["volumes"])
-            skipped.update(manifest["skipped"])
+            try:
+                manifest = json.loads(path.read_text())
+                expected.update(manifest["volumes"])
+                skipped.update(manifest["skipped"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}: not a shard manifest ({type(err).__name__}: {err}); delete it and rerun "
+                                 f"that shard, which rewrites it") from err
             notes.extend(n for n in manifest.get("notes", []) if n not in notes)
         rows = read_rows(out_dir)
         summary = summarise(rows, {name: len(indices) for name, indices in expected.items()})

@@ -476,3 +476,16 @@ def test_a_stale_submission_file_is_rewritten(uninterrupted, tmp_path):
     after = {name: path.stat().st_mtime_ns for name, path in files.items()}
     assert after["vol0.h5"] == before["vol0.h5"] and after["vol1.h5"] != before["vol1.h5"]
     _assert_as_uninterrupted(out, full)
+
+
+def test_a_damaged_manifest_is_an_error_naming_it_and_a_damaged_sources_record_rebuilds_the_files(uninterrupted,
+                                                                                                  tmp_path):
+    data, full = uninterrupted
+    out = tmp_path / "out"
+    _fbp(data, out, settings=TWO_SETTINGS)
+    (out / "reconstructions" / ".sources.json").write_text("{not json")
+    assert _fbp(data, out, settings=TWO_SETTINGS).done == 0
+    _assert_as_uninterrupted(out, full)
+    (out / "rows" / "manifest-0-of-1.json").write_text('{"volumes": ')
+    with pytest.raises(ValueError, match=r"manifest-0-of-1\.json: not a shard manifest"):
+        engine.merge(out)
