@@ -70,9 +70,13 @@ cluster launcher (Hydra's submitit launcher, one job per ``shard=i num_shards=n`
 merges when it finishes, under a file lock, so the last one to finish writes the complete
 summary. ``merge`` rebuilds the summary from whatever rows are there.
 
-**Bad input.** A volume that cannot be read is reported (``summary.json["skipped"]`` and the
-log) and skipped; a method that fails on a slice (a ``ValueError``, a divergence) leaves a row
-with its error, which the summary counts as failed and leaves out of the means.
+**Bad input.** A volume that cannot be read (a damaged file, a link loop or dangling link, a
+folder named like a volume, a ``max`` attribute that disagrees with the reference), or that the
+slice range misses, is reported (``summary.json["skipped"]`` and the log) and skipped; a folder
+with no readable volume or a slice range that selects nothing is an error; a method that fails
+on a slice (a ``ValueError``, a divergence) leaves a row with its error, which the summary counts
+as failed and leaves out of the means (:func:`invdiff.benchmarks.volumes.failed_everywhere`
+turns a method that failed on every slice of a setting into an error of the command).
 """
 
 from __future__ import annotations
@@ -949,6 +953,7 @@ def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str,
                 prior.input_size(volume.x_shape)
             except ValueError as err:
                 raise ValueError(f"{volume.name}: {err}") from None
+    # 3. Something to run: a readable volume, slices in the range.
     if not volumes:
         listed = "; ".join(f"{name}: {error}" for name, error in sorted(skipped.items()))
         raise ValueError(f"data.root: none of the {len(skipped)} files could be read ({listed})")
@@ -962,6 +967,7 @@ def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str,
         skipped[volume.name] = f"data.slices {list(slices)} selects none of its {volume.num_slices} slices"
         del chosen[volume.name]
     volumes = [v for v in volumes if v.name in chosen]
+    # 4. The run record: a folder holding another run is refused before anything is written.
     prior_id = prior_identity(prior) if prior is not None and any(m.is_sampler for m in methods.values()) else None
     check_record(out_dir, {
         **dataset.describe(), "code_version": __version__, "seed": seed, "slice_batch": int(slice_batch),
@@ -973,7 +979,7 @@ def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str,
     manifest = {"volumes": chosen, "skipped": skipped, "notes": list(notes)}
     atomic_write_text(out_dir / "rows" / f"manifest-{shard.index}-of-{shard.count}.json", json.dumps(manifest))
 
-    # 3. This shard's problems (slice batches of a volume under a setting), in a fixed order;
+    # 5. This shard's problems (slice batches of a volume under a setting), in a fixed order;
     #    finished keys are skipped.
     problems = [(v, chosen[v.name][k : k + slice_batch], s) for v in volumes
                 for k in range(0, len(chosen[v.name]), slice_batch) for s in settings]
