@@ -46,7 +46,7 @@ OUTPUTS = ("reconstruction.npy", "baseline.npy", "metrics.json", "figure.png", "
 """The files a run writes; a directory holding any of them is not written over silently."""
 
 _METHOD_KEYS = ("sampler", "baseline", "steps", "schedule", "schedule_params", "params")
-_PASSED = ("noise_std", "generator", "shape", "callback")
+PASSED_ARGUMENTS = ("noise_std", "generator", "shape", "callback")
 """Sampler arguments the run layer sets itself; a method's ``params`` may not name them."""
 
 
@@ -104,8 +104,8 @@ class Method:
             return
         if self.sampler not in SAMPLERS:
             raise ValueError(f"{where}.sampler: {self.sampler!r} is not one of {sorted(SAMPLERS)}")
-        self._check_options(self.params, _options(SAMPLERS[self.sampler], 4, _PASSED), f"{where}.params",
-                            self.sampler)
+        options = _options(SAMPLERS[self.sampler], 4, PASSED_ARGUMENTS)
+        self._check_options(self.params, options, f"{where}.params", self.sampler)
         self.params = _checked_values(self.params, SAMPLERS[self.sampler], f"{where}.params")
         self.steps = _integer(self.steps, f"{where}.steps", minimum=1)
         if self.schedule not in SCHEDULES:

@@ -109,7 +109,7 @@ from invdiff.fileio import atomic_save_npy, atomic_write, atomic_write_text, jso
 from invdiff.metrics import ssim
 from invdiff.priors.base import Denoiser
 from invdiff.problems.base import Problem
-from invdiff.run import _PASSED, Method, run_method
+from invdiff.run import PASSED_ARGUMENTS, Method, run_method
 from invdiff.samplers import BASELINES, SAMPLERS
 from invdiff.schedules import SCHEDULES
 
@@ -712,7 +712,7 @@ def method_record(method: Method, prior: Denoiser | None, precision: str, prior_
     schedule = {**_defaults(SCHEDULES[method.schedule], 1, ("sigma_min", "sigma_max")), **method.schedule_params}
     return {"sampler": method.sampler, "steps": method.steps, "schedule": method.schedule,
             "schedule_params": schedule,
-            "params": {**_defaults(SAMPLERS[method.sampler], 4, _PASSED), **method.params},
+            "params": {**_defaults(SAMPLERS[method.sampler], 4, PASSED_ARGUMENTS), **method.params},
             "prior": prior_id or (prior_identity(prior) if prior is not None else None), "precision": precision}
 
 

@@ -69,6 +69,7 @@ def _overall(summary: dict) -> list[tuple]:
             for e in summary["methods"]]
 
 
+@pytest.mark.hostile
 def test_kill_and_resume_gives_the_uninterrupted_summary(tmp_path):
     data = _ct_folder(tmp_path / "data")
     full = _run(data, tmp_path / "full", seed=3)
@@ -109,6 +110,7 @@ def test_two_shards_give_the_rows_of_one(tmp_path):
     assert _overall(second.summary) == _overall(single.summary)
 
 
+@pytest.mark.hostile
 def test_a_corrupt_file_is_reported_and_skipped(tmp_path):
     data = _ct_folder(tmp_path / "data")
     (data / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n not really")
@@ -256,6 +258,7 @@ def test_every_configured_method_builds(benchmark):
     ({"sampler": "dds", "step": 3}, r"methods\.m: unknown keys \['step'\]"),
     ({"sampler": "dds", "params": {"shape": [1]}}, r"methods\.m\.params: \['shape'\]"),
 ])
+@pytest.mark.hostile
 def test_a_misconfigured_method_names_its_key_before_any_slice_runs(entry, message):
     with pytest.raises(ValueError, match=message):
         build_methods({"m": entry})

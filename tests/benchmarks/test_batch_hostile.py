@@ -489,3 +489,21 @@ def test_a_damaged_manifest_is_an_error_naming_it_and_a_damaged_sources_record_r
     (out / "rows" / "manifest-0-of-1.json").write_text('{"volumes": ')
     with pytest.raises(ValueError, match=r"manifest-0-of-1\.json: not a shard manifest"):
         engine.merge(out)
+
+
+def test_a_nan_in_unsampled_k_space_gives_error_rows_not_scores(brain, tmp_path):
+    """One NaN in a k-space corner the 4x mask leaves out: CG-SENSE used to stop at once, as if
+    converged, and score the all-zero image; now each slice of that file is an error row."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(brain, data / "nan.h5")
+    with h5py.File(data / "nan.h5", "a") as f:
+        f["kspace"][0, 0, 0, -1] = np.nan  # first slice, coil and readout sample, last phase-encode line
+    methods = {"cg_sense": Method("cg_sense", baseline="cg", params={"max_iter": 3})}
+    result = run_batch(FastMRIFolder(data, MapsOptions("acs")), methods,
+                       {"4x": {"acceleration": 4, "center_fraction": 0.2}}, tmp_path / "out")
+    rows = [r for r in read_rows(tmp_path / "out") if r["volume"] == "nan.h5"]
+    first = [r for r in rows if int(r["slice"]) == 0]
+    assert first and all(r["error"] and "finite" in r["error"] for r in first), first
+    assert all(not r["psnr"] or r["error"] for r in first)
+    assert result.summary["failed"] or any(r["error"] for r in rows)

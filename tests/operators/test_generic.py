@@ -23,6 +23,7 @@ def name(request):
     return request.param
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_adjoint(name, dtype, generator):
     op, x = LINEAR_CASES[name](dtype, torch.device("cpu"))

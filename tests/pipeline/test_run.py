@@ -13,6 +13,10 @@ from invdiff.run import Method, reconstruct, resolve_device, run_method
 from invdiff.samplers import sample_dds
 from operators import CenterCrop, MultiCoilMRI, RealToComplex, fastmri_mask
 
+
+# the packaged 64 x 64 priors run here on small images on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:prior .* trained at:UserWarning")
+
 DDS = Method("dds", sampler="dds", steps=3)
 
 

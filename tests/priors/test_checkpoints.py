@@ -316,6 +316,7 @@ class _Payload:
         return (exec, ("import builtins; builtins._invdiff_unpickled = True",))
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     "layout, kwargs", [("adm", {"config": ADM_TINY}), ("edm", EDM_TINY["adm"]), ("invdiff", {})]
 )

@@ -13,6 +13,10 @@ from omegaconf import OmegaConf
 from invdiff.problems import ct, ct_sinogram, write_sinogram
 from invdiff.run import Method, reconstruct
 
+
+# the packaged 64 x 64 priors run here on small images on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:prior .* trained at:UserWarning")
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ADM = {
     "image_size": 16, "in_channels": 3, "model_channels": 32, "num_res_blocks": 1,
