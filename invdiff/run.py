@@ -36,7 +36,7 @@ from torch import Tensor
 
 from invdiff.fileio import atomic_save_npy, atomic_write, atomic_write_text, json_safe
 from invdiff.priors.base import Denoiser
-from invdiff.priors.precision import PRECISIONS, with_precision
+from invdiff.priors.precision import COMPILE_MODES, PRECISIONS, with_compile, with_precision
 from invdiff.problems.base import Problem
 from invdiff.samplers import BASELINES, SAMPLERS
 from invdiff.schedules import SCHEDULES, make_sigmas
@@ -202,6 +202,7 @@ def run_method(
     generator: torch.Generator,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    compile_mode: str | bool = "off",
     callback: Callable[[dict], None] | None = None,
 ) -> tuple[Tensor, dict]:
     """Run ``method`` on ``problem``.
@@ -215,11 +216,15 @@ def run_method(
         device: where to run (``"auto"``: CUDA when present).
         precision: the network's precision, ``"fp32"``, ``"bf16"`` or ``"fp16"``
             (:func:`invdiff.priors.precision.with_precision`); the sampler itself runs in float32.
+        compile_mode: ``torch.compile`` the network: ``"off"``, ``"default"``,
+            ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``; ``True`` is ``"default"``
+            (:func:`invdiff.priors.precision.with_compile`).
         callback: called after every sampler step with the sampler's step dictionary.
 
     Returns:
         ``(x, info)``: ``x`` ``problem.x_shape`` on the CPU in the operator's domain (the
-        model's scale), ``info`` the method's, with ``nfe`` and ``seconds``.
+        model's scale), ``info`` the method's, with ``nfe`` and ``seconds`` (wall time until
+        ``x`` is on the CPU, so that a GPU's queued work is counted).
 
     Raises:
         ValueError: a sampler without a prior, a prior that cannot run on the problem (naming both
@@ -227,6 +232,8 @@ def run_method(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(compile_mode, bool) and compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)} or a boolean, got {compile_mode!r}")
     device = resolve_device(device)
     start = time.perf_counter()
     op, y = problem.op.to(device=device), problem.y.to(device)
@@ -240,7 +247,7 @@ def run_method(
         _warn_below_training_size(prior, shape)
         if size != shape[-2:]:
             op = op @ CenterCrop(size, shape[-2:])
-        denoiser = with_precision(prior.to(device), precision)
+        denoiser = with_compile(with_precision(prior.to(device), precision), compile_mode)
         x, info = method.fn(
             denoiser, op, y, method.sigmas(prior).to(device), noise_std=problem.noise_std,
             generator=_generator_on(generator, device), shape=(*shape[:2], *size), callback=callback,
@@ -248,8 +255,8 @@ def run_method(
         )
         if size != shape[-2:]:
             x = CenterCrop(size, shape[-2:]).A(x)
-    info = {**info, "nfe": int(info.get("nfe", 0)), "seconds": time.perf_counter() - start}
-    return x.detach().cpu(), info
+    x = x.detach().cpu()
+    return x, {**info, "nfe": int(info.get("nfe", 0)), "seconds": time.perf_counter() - start}
 
 
 SMALL_FRACTION = 0.5
@@ -293,6 +300,7 @@ def reconstruct(
     seed: int,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    compile_mode: str | bool = "off",
     callback: Callable[[dict], None] | None = None,
 ) -> Result:
     """Run ``method`` and the problem's baseline on ``problem`` and score both when it has a target.
@@ -304,11 +312,12 @@ def reconstruct(
         seed: seeds the method's generator; the same seed gives the same output on the CPU.
         device: where to run.
         precision: the network's precision.
+        compile_mode: ``torch.compile`` the network (see :func:`run_method`).
         callback: called after every sampler step.
     """
     device = resolve_device(device)
     x_hat, info = run_method(method, problem, prior, generator=torch.Generator().manual_seed(seed), device=device,
-                             precision=precision, callback=callback)
+                             precision=precision, compile_mode=compile_mode, callback=callback)
     baseline = baseline_method(problem)
     x_baseline, _ = run_method(baseline, problem, generator=torch.Generator().manual_seed(seed), device=device)
     metrics = {
@@ -322,6 +331,7 @@ def reconstruct(
         "seed": seed,
         "device": str(device),
         "precision": precision,
+        "compile": compile_mode,
         "shape": list(problem.x_shape),
         "problem": problem.info,
     }

@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> None:
     prior = instantiate(cfg.prior)
     with tqdm(total=method.steps, desc=f"{method.name} on {problem.name}", disable=not cfg.progress) as bar:
         result = reconstruct(problem, prior, method, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
-                             callback=lambda _: bar.update(1))
+                             compile_mode=cfg.compile, callback=lambda _: bar.update(1))
     save_result(result, problem, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
     m = result.metrics
     print(
