@@ -14,6 +14,7 @@ trained otherwise (variance-preserving ε/x0/v prediction on discrete timesteps)
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -23,11 +24,17 @@ from torch import Tensor, nn
 def as_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     """``sigma`` as a ``(B,)`` tensor on ``x``'s device, in ``x``'s real dtype.
 
+    A Python number is filled in on ``x``'s device: ``torch.as_tensor(0.5, device="cuda")`` would
+    copy it from the host, and a blocking copy to the device synchronises with it, once per call.
+
     Args:
         sigma: a float, a 0-d tensor or a ``(B,)`` tensor of noise levels.
         x: the batch, ``(B, ...)``.
     """
-    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.real.dtype if x.is_complex() else x.dtype)
+    dtype = x.real.dtype if x.is_complex() else x.dtype
+    if isinstance(sigma, numbers.Real):
+        return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=dtype)
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=dtype)
     if sigma.ndim == 0:
         return sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
