@@ -34,13 +34,17 @@ Callback = Callable[[dict], None]
 def check_sigmas(sigmas: Tensor | Sequence[float], name: str = "sigmas") -> list[float]:
     """The schedule as a list of Python floats, after checking it.
 
+    A schedule on a device comes to the host in one copy (one synchronisation), not one per value.
+
     Args:
         sigmas: ``(n + 1,)`` noise levels for ``n`` steps, strictly decreasing, non-negative,
             finite, the first positive (the ``sigmas_*`` functions end with 0).
         name: the argument name used in error messages.
     """
-    values = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
-    if torch.as_tensor(sigmas).ndim != 1 or len(values) < 2:
+    schedule = sigmas.detach() if isinstance(sigmas, Tensor) else torch.as_tensor(sigmas, dtype=torch.float64)
+    schedule = schedule.to(device="cpu", dtype=torch.float64)
+    values = schedule.reshape(-1).tolist()
+    if schedule.ndim != 1 or len(values) < 2:
         raise ValueError(f"{name}: expected a 1-D schedule with at least 2 values (1 step), got {sigmas!r}")
     if not all(math.isfinite(s) and s >= 0 for s in values) or values[0] <= 0:
         raise ValueError(f"{name}: expected finite, non-negative values starting above 0, got {values}")
@@ -117,9 +121,17 @@ def check_eta(eta: float, sampler: str) -> None:
         raise ValueError(f"{sampler}: eta: expected 0 <= eta <= 1, got {eta}")
 
 
-def check_step_finite(x: Tensor, sampler: str, i: int, sigma: float) -> None:
-    """Raise ``FloatingPointError`` naming the sampler, the step and sigma when ``x`` is not finite."""
-    if not bool(torch.isfinite(x).all()):
+def check_step_finite(x: Tensor | Sequence[Tensor], sampler: str, i: int, sigma: float) -> None:
+    """Raise ``FloatingPointError`` naming the sampler, the step and sigma when ``x`` is not finite.
+
+    ``x`` is a tensor or several (a step's estimates and its new state): one host synchronisation
+    per call, so a sampler that checks everything at the end of a step synchronises once per step.
+    """
+    if isinstance(x, Tensor):
+        finite = torch.isfinite(x).all()
+    else:
+        finite = torch.stack([torch.isfinite(t).all() for t in x]).all()
+    if not bool(finite):
         raise FloatingPointError(
             f"{sampler}: non-finite values at step {i} (sigma={sigma:.6g}); "
             f"check the denoiser at this noise level and the step size"
