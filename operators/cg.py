@@ -6,6 +6,13 @@ the tolerance. A batch therefore gives the same result as solving its samples on
 
 Non-finite input is an error, never a converged solution: NaN compares false with every
 threshold, so a NaN residual would otherwise read as "converged after 0 iterations".
+
+Host synchronisations. Whether every sample has converged is a question the host asks the
+device, one synchronisation per test; ``check_every`` sets how often (every iteration on the CPU,
+where a test costs nothing, every :data:`CHECK_EVERY_ON_DEVICE` iterations on other devices, or
+never). A converged sample takes zero steps, so the answer only decides how many idle iterations
+run, never the result. The finiteness of ``b``, ``x0`` and the residuals is tested together, after
+the loop, in one more synchronisation, or left to the caller (``check_finite=False``).
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from operators.base import check_finite, check_tensor
+from operators.base import check_finite as require_finite
+from operators.base import check_tensor
+
+CHECK_EVERY_ON_DEVICE = 10
+"""Iterations between convergence tests of :func:`conjugate_gradient` on a device other than the CPU."""
 
 
 def batch_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -34,6 +45,8 @@ def conjugate_gradient(
     *,
     max_iter: int = 50,
     tol: float = 1e-6,
+    check_every: int | None = None,
+    check_finite: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     r"""Solve :math:`A x = b` per sample for Hermitian positive-definite ``A``.
 
@@ -48,6 +61,13 @@ def conjugate_gradient(
         x0: initial guess, shape of ``b``, finite; zeros when omitted.
         max_iter: the most iterations (each costs one application of ``A``).
         tol: a sample stops once :math:`\|b - A x\| \le \text{tol}\,\|b\|`.
+        check_every: iterations between tests of whether any sample is still active (one host
+            synchronisation each; the loop ends at a test that finds none); ``0`` never tests, so
+            the loop runs ``max_iter`` iterations without a synchronisation; ``None``: 1 on the
+            CPU, :data:`CHECK_EVERY_ON_DEVICE` elsewhere. The result does not depend on it.
+        check_finite: test that ``b``, ``x0`` and the residuals are finite (one synchronisation,
+            after the loop); ``False`` leaves it to the caller (a sampler that checks its state
+            every step), and non-finite values then come out in ``x`` and ``residual``.
 
     Returns:
         ``(x, info)``: the solution and ``info`` with per-sample ``iterations`` (int, ``(B,)``),
@@ -55,24 +75,30 @@ def conjugate_gradient(
         samples stopped by non-positive curvature).
 
     Raises:
-        ValueError: ``b`` or ``x0`` is empty or holds NaN or infinite values, or ``max_iter`` or
-            ``tol`` is out of range.
-        FloatingPointError: ``A`` returned NaN or infinite values (naming the samples).
+        ValueError: ``b`` or ``x0`` is empty or holds NaN or infinite values (with
+            ``check_finite``), or ``max_iter``, ``tol`` or ``check_every`` is out of range.
+        FloatingPointError: ``A`` returned NaN or infinite values (naming the samples; with
+            ``check_finite``).
     """
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
         raise ValueError(f"max_iter: expected a non-negative integer, got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 <= tol < math.inf:
         raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+    if check_every is None:
+        check_every = 1 if b.device.type == "cpu" else CHECK_EVERY_ON_DEVICE
+    if isinstance(check_every, bool) or not isinstance(check_every, numbers.Integral) or check_every < 0:
+        raise ValueError(f"check_every: expected a non-negative integer or None, got {check_every!r}")
     check_tensor(b, "b")
     if x0 is not None and x0.shape != b.shape:
         raise ValueError(f"x0: expected the shape of b {tuple(b.shape)}, got {tuple(x0.shape)}")
-    check_finite(b, "b")
+    finite_inputs = [torch.isfinite(b).all()] if check_finite else []
     view = (-1,) + (1,) * (b.ndim - 1)
     if x0 is None:
         x = torch.zeros_like(b)
         r = b
     else:
-        check_finite(x0, "x0")
+        if check_finite:
+            finite_inputs.append(torch.isfinite(x0).all())
         x = x0
         r = b - A(x0)
     p = r
@@ -82,8 +108,9 @@ def conjugate_gradient(
     active = rr.sqrt() > threshold
     breakdown = torch.zeros_like(active)
     iterations = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
-    for _ in range(max_iter):
-        if not bool(active.any()):
+    for k in range(max_iter):
+        # Test before the first iteration only when testing every iteration (the CPU's default).
+        if check_every and k % check_every == 0 and (k or check_every == 1) and not bool(active.any()):
             break
         Ap = A(p)
         pAp = batch_dot(p, Ap)
@@ -103,11 +130,20 @@ def conjugate_gradient(
         iterations = iterations + active.long()
         rr = torch.where(active, rr_new, rr)
         active = active & (rr.sqrt() > threshold)
-    if not bool(torch.isfinite(rr).all()):
+    residual = rr.sqrt() / b_norm.clamp_min(torch.finfo(b_norm.dtype).tiny)
+    info = {"iterations": iterations, "residual": residual, "breakdown": breakdown}
+    if not check_finite:
+        return x, info
+    # 4. One synchronisation: are b, x0 and the residuals finite?
+    finite = torch.stack([*finite_inputs, torch.isfinite(rr).all()]).tolist()
+    if not finite[0]:
+        require_finite(b, "b")
+    if x0 is not None and not finite[1]:
+        require_finite(x0, "x0")
+    if not finite[-1]:
         bad = (~torch.isfinite(rr)).nonzero().flatten()
         raise FloatingPointError(
             f"conjugate_gradient: A returned NaN or infinite values for samples {bad.tolist()} "
             f"(after {iterations[bad].tolist()} iterations); check the operator and its buffers"
         )
-    residual = rr.sqrt() / b_norm.clamp_min(torch.finfo(b_norm.dtype).tiny)
-    return x, {"iterations": iterations, "residual": residual, "breakdown": breakdown}
+    return x, info

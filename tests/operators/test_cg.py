@@ -125,9 +125,41 @@ def test_float32_complex64(generator):
     assert (_true_residual(A, x, b) <= 1e-4).all()
 
 
+@pytest.mark.parametrize("check_every", [0, 3, 10])
+def test_sparse_convergence_tests_give_the_same_result(generator, check_every):
+    """Testing for convergence less often (one host synchronisation per test) only adds idle
+    iterations: a converged sample (the zero right-hand side, the loose one) and a sample stopped by
+    non-positive curvature take zero steps, so every output is bit for bit the same."""
+    op = _sense(generator)
+    A = _regularised(op, torch.tensor([1.0, 20.0, 1.0], dtype=torch.float64))
+    b = torch.randn(3, 1, H, W, dtype=torch.complex128, generator=generator)
+    b[0] = 0
+
+    def indefinite(v):
+        return torch.cat((A(v)[:2], -v[2:]))
+
+    for system in (A, indefinite):
+        x, info = conjugate_gradient(system, b, max_iter=25, tol=1e-4)
+        x_sparse, info_sparse = conjugate_gradient(system, b, max_iter=25, tol=1e-4, check_every=check_every)
+        assert torch.equal(x, x_sparse)
+        for key in info:
+            assert torch.equal(info[key], info_sparse[key]), key
+
+
+def test_unchecked_run_leaves_non_finite_values_to_the_caller():
+    """``check_finite=False``: no finiteness test (no synchronisation); NaN comes out in ``residual``."""
+    b = torch.ones(2, 3, dtype=torch.float64)
+    b[1, 0] = float("nan")
+    x, info = conjugate_gradient(lambda u: 2 * u, b, max_iter=5, check_finite=False)
+    torch.testing.assert_close(x[0], b[0] / 2)
+    assert torch.isnan(info["residual"][1]) and not torch.isnan(info["residual"][0])
+
+
 def test_errors():
     b = torch.ones(2, 3)
     with pytest.raises(ValueError, match="max_iter"):
         conjugate_gradient(lambda u: u, b, max_iter=-1)
+    with pytest.raises(ValueError, match="check_every"):
+        conjugate_gradient(lambda u: u, b, check_every=-1)
     with pytest.raises(ValueError, match="x0"):
         conjugate_gradient(lambda u: u, b, torch.ones(2, 4))
