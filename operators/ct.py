@@ -195,8 +195,7 @@ def angular_weights(angles: Tensor, period: float) -> Tensor:
         return torch.full_like(sorted_, period)
     gaps = sorted_.diff()
     wrap = period - (sorted_[-1] - sorted_[0])
-    if gaps.max() > 0:
-        wrap = torch.minimum(wrap, gaps.max())
+    wrap = torch.where(gaps.max() > 0, torch.minimum(wrap, gaps.max()), wrap)
     before = torch.cat([wrap[None], gaps])
     after = torch.cat([gaps, wrap[None]])
     weights = torch.empty_like(sorted_)
@@ -344,9 +343,43 @@ class _RayTransform(LinearOperator):
         return self.angles.to(device=device, dtype=torch.float64)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> _RayTransform:
-        """A copy whose angles live on ``device``; they stay float64 whatever ``dtype`` says, since the
-        geometry is computed in double precision for every data dtype."""
+        """A copy whose angles (and index buffers) live on ``device``; the angles stay float64 whatever
+        ``dtype`` says, since the geometry is computed in double precision for every data dtype."""
         return super().to(device=device)
+
+
+class _ParallelPass:
+    """The host side of one pass of :meth:`ParallelBeamCT._project`: the views it takes, their sample
+    positions and the bins they reach, on the CPU, so that a call sizes its loops without reading
+    anything back from the device.
+
+    Args:
+        ids: the views of the pass, ascending.
+        start: ``(len(ids), L)`` float64, the sample position of bin 0 on each line.
+        step: ``(len(ids),)`` float64, the position's change per bin.
+        first, last: the first and last bin each view (all views, by index) reaches.
+        length: the number of samples per line.
+    """
+
+    def __init__(
+        self, ids: list[int], start: Tensor, step: Tensor, first: list[int], last: list[int], length: int
+    ):
+        self.ids, self.start, self.step = ids, start, step
+        self.first, self.last, self.length = first, last, length
+
+    def spans(self, chunk: int) -> tuple[list[tuple[slice, int, int]], int, int]:
+        """``(spans, pad_lo, pad_hi)``: per chunk of ``chunk`` views the slice of :attr:`ids` and the
+        range of bins ``a .. b`` it reaches, and the zero padding of the lines that keeps every
+        sample position of those bins in range."""
+        spans = []
+        for sl in _chunks(len(self.ids), chunk):
+            members = self.ids[sl]
+            spans.append((sl, min(self.first[i] for i in members), max(self.last[i] for i in members)))
+        ends = torch.tensor([(a, b) for sl, a, b in spans for _ in range(sl.stop - sl.start)])
+        ends = self.start[:, None, :] + ends[:, :, None].to(self.start) * self.step[:, None, None]
+        pad_lo = max(1, math.ceil(-float(ends.min())) + 1)
+        pad_hi = max(2, math.ceil(float(ends.max()) - (self.length - 1)) + 2)
+        return spans, pad_lo, pad_hi
 
 
 # --- parallel beam ----------------------------------------------------------------------------
@@ -392,6 +425,57 @@ class ParallelBeamCT(_RayTransform):
         if angle_chunk is not None:
             angle_chunk = _positive_int(angle_chunk, "angle_chunk", "number of angles per chunk")
         self.angle_chunk = angle_chunk
+        self._plan()
+
+    def _plan(self) -> None:
+        """The host side of both passes and of the adjoint, from the angles on the CPU.
+
+        Which views step over rows, the bins each view reaches and the paddings are fixed by the
+        geometry; working them out here, once, leaves no host synchronisation in :meth:`A` and
+        :meth:`AT` on a device. The views of each pass are also kept as index tensors, which
+        :meth:`to` moves with the angles.
+        """
+        (H, W), nd, dl = self.img_shape, self.n_detectors, self.detector_spacing
+        theta = self.angles.detach().cpu()
+        cos, sin = theta.cos(), theta.sin()
+        xs, ys = _pixel_centres(self.img_shape, theta.device)
+        centre = (nd - 1) / 2
+        # 1. Bins a view can reach: pixel centres project within +-T of zero and weigh on bins
+        #    within c of their projection; the others stay zero.
+        reach = (cos.abs() * (W - 1) + sin.abs() * (H - 1)) / 2 + torch.maximum(cos.abs(), sin.abs())
+        first = (centre - reach / dl - 1e-9).ceil().clamp(0, nd - 1).long().tolist()
+        last = (centre + reach / dl + 1e-9).floor().clamp(0, nd - 1).long().tolist()
+        # 2. Rays closer to the y axis step over rows (the first pass), the others over columns.
+        rows = cos.abs() >= sin.abs()
+        passes = []
+        for over_rows, mask in ((True, rows), (False, ~rows)):
+            ids = mask.nonzero().flatten()
+            start, step, _ = self._lines(cos[ids], sin[ids], xs, ys, over_rows)
+            passes.append(_ParallelPass(ids.tolist(), start, step, first, last, W if over_rows else H))
+        self._passes = tuple(passes)
+        self._pass_ids = tuple(torch.tensor(p.ids, dtype=torch.long) for p in passes)
+        # 3. The adjoint's taps per pixel and the padding of the sinogram.
+        c = torch.maximum(cos.abs(), sin.abs())
+        K = self._adjoint_taps = max(1, math.ceil(float(c.max()) / dl - 1e-9))
+        u_x = xs[None, :] * cos[:, None] / dl
+        u_y = ys[None, :] * sin[:, None] / dl + (nd - 1) / 2
+        u_min = float((u_x.min(1).values + u_y.min(1).values).min())
+        u_max = float((u_x.max(1).values + u_y.max(1).values).max())
+        self._sinogram_pad = (K + 1 + max(0, math.ceil(-u_min)), K + 1 + max(0, math.ceil(u_max) - nd + 1))
+
+    def _lines(
+        self, cos: Tensor, sin: Tensor, xs: Tensor, ys: Tensor, over_rows: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(start, step, weight)`` of the views with ``cos``, ``sin`` in a pass: bin d's sample on
+        line l is ``start_l + d step`` (column ``(s_d - y_i sin) / cos + (W - 1) / 2`` over rows,
+        row ``(H - 1) / 2 - (s_d - x_j cos) / sin`` over columns), float64, and the path length
+        per step ``weight`` is ``1 / |cos|`` or ``1 / |sin|``."""
+        (H, W), dl, centre = self.img_shape, self.detector_spacing, (self.n_detectors - 1) / 2
+        if over_rows:
+            start = (-centre * dl - ys[None, :] * sin[:, None]) / cos[:, None] + (W - 1) / 2
+            return start, dl / cos, (1 / cos).abs()
+        start = (H - 1) / 2 + (centre * dl + xs[None, :] * cos[:, None]) / sin[:, None]
+        return start, -dl / sin, (1 / sin).abs()
 
     @property
     def detector_positions(self) -> Tensor:
@@ -400,48 +484,28 @@ class ParallelBeamCT(_RayTransform):
         return (d - (self.n_detectors - 1) / 2) * self.detector_spacing
 
     def _project(self, x: Tensor) -> Tensor:
-        N, (H, W), nd, dl = x.shape[0], self.img_shape, self.n_detectors, self.detector_spacing
+        N, nd = x.shape[0], self.n_detectors
         theta = self._geometry(x.device)
         cos, sin = theta.cos(), theta.sin()
         xs, ys = _pixel_centres(self.img_shape, x.device)
-        centre = (nd - 1) / 2
-        # 1. Bins a view can reach: pixel centres project within +-T of zero and weigh on bins
-        #    within c of their projection; the others stay zero.
-        reach = (cos.abs() * (W - 1) + sin.abs() * (H - 1)) / 2 + torch.maximum(cos.abs(), sin.abs())
-        first = (centre - reach / dl - 1e-9).ceil().clamp(0, nd - 1).long().tolist()
-        last = (centre + reach / dl + 1e-9).floor().clamp(0, nd - 1).long().tolist()
         out = x.new_zeros(N, len(theta), nd)
         work = _Workspace(x.device)
-        rows = cos.abs() >= sin.abs()
-        # 2. Rays closer to the y axis step over rows and interpolate along x; the others step
-        #    over the columns of the transposed image and interpolate along y. Bin d's sample on
-        #    line l is start_l + d step (column (s_d - y_i sin) / cos + (W - 1) / 2, or row
-        #    (H - 1) / 2 - (s_d - x_j cos) / sin), and the path length per step is 1 / c.
-        for mask, img in ((rows, x), (~rows, x.transpose(1, 2))):
-            ids = mask.nonzero().flatten()
-            if ids.numel() == 0:
+        # 1. Rays closer to the y axis step over rows and interpolate along x; the others step
+        #    over the columns of the transposed image and interpolate along y (_lines). Which
+        #    views take which pass, and the bins they reach, come from the plan (_plan).
+        for plan, ids, img in zip(self._passes, self._pass_ids, (x, x.transpose(1, 2))):
+            if not plan.ids:
                 continue
-            c, s = cos[ids], sin[ids]
-            if img is x:
-                start = (-centre * dl - ys[None, :] * s[:, None]) / c[:, None] + (W - 1) / 2
-                step, weight = dl / c, (1 / c).abs().to(x.dtype)
-            else:
-                start = (H - 1) / 2 + (centre * dl + xs[None, :] * c[:, None]) / s[:, None]
-                step, weight = -dl / s, (1 / s).abs().to(x.dtype)
-            chunk = _chunk_size(self.angle_chunk, N * img.shape[1] * nd)
-            spans = []
-            for sl in _chunks(len(ids), chunk):
-                members = ids[sl].tolist()
-                spans.append((sl, min(first[i] for i in members), max(last[i] for i in members)))
-            # 3. Pad the lines so that every sample position of the reached bins is in range.
-            ends = torch.tensor([(a, b) for sl, a, b in spans for _ in range(sl.stop - sl.start)])
-            ends = start[:, None, :] + ends[:, :, None].to(start) * step[:, None, None]
-            pad_lo = max(1, math.ceil(-float(ends.min())) + 1)
-            pad_hi = max(2, math.ceil(float(ends.max()) - (img.shape[2] - 1)) + 2)
+            ids = ids.to(x.device)
+            start, step, weight = self._lines(cos[ids], sin[ids], xs, ys, over_rows=img is x)
+            weight = weight.to(x.dtype)
+            # 2. Chunks of views, the bins each reaches, and the padding that keeps every sample
+            #    position of those bins in range.
+            spans, pad_lo, pad_hi = plan.spans(_chunk_size(self.angle_chunk, N * img.shape[1] * nd))
             lines = F.pad(img, (pad_lo, pad_hi))
             start = start + pad_lo
             for sl, a, b in spans:
-                # 4. Positions of every (ray, step) in float64, then the interpolated sums.
+                # 3. Positions of every (ray, step) in float64, then the interpolated sums.
                 bins = torch.arange(a, b + 1, dtype=torch.float64, device=x.device)
                 p = work("p", (sl.stop - sl.start, img.shape[1], b + 1 - a), torch.float64)
                 torch.addcmul(start[sl, :, None], step[sl, None, None], bins, out=p)
@@ -457,16 +521,13 @@ class ParallelBeamCT(_RayTransform):
         rho = dl / c
         xs, ys = _pixel_centres(self.img_shape, y.device)
         # 1. Bins within c of a pixel's projection t_q can weigh on it: at most 2K of them.
-        K = max(1, math.ceil(float(c.max()) / dl - 1e-9))
+        K = self._adjoint_taps
         # 2. Fractional bin of each pixel, u_q = (t_q - s_0) / dl, separable in rows and columns;
-        #    pad the sinogram so that all taps floor(u_q) + k, k = 1 - K .. K, are in range,
-        #    and shift u so that tap m is padded bin floor(u) + m.
+        #    pad the sinogram so that all taps floor(u_q) + k, k = 1 - K .. K, are in range
+        #    (the padding is the plan's), and shift u so that tap m is padded bin floor(u) + m.
         u_x = xs[None, :] * cos[:, None] / dl
         u_y = ys[None, :] * sin[:, None] / dl + (nd - 1) / 2
-        u_min = float((u_x.min(1).values + u_y.min(1).values).min())
-        u_max = float((u_x.max(1).values + u_y.max(1).values).max())
-        pad_lo = K + 1 + max(0, math.ceil(-u_min))
-        pad_hi = K + 1 + max(0, math.ceil(u_max) - nd + 1)
+        pad_lo, pad_hi = self._sinogram_pad
         u_y = u_y + (pad_lo + 1 - K)
         yp = F.pad(y * (1 / c).to(y.dtype)[:, None], (pad_lo, pad_hi))
         # 3. Tap at offset k from floor(u) weighs tri(rho (frac - k)) / c (1 / c is in yp).
@@ -570,19 +631,28 @@ class FanBeamCT(_RayTransform):
         if angle_chunk is not None:
             angle_chunk = _positive_int(angle_chunk, "angle_chunk", "number of angles per chunk")
         self.angle_chunk = angle_chunk
+        # Which rays step over rows, from the angles on the CPU: a buffer that moves with the angles
+        # (:meth:`to`), and per view whether it has rays of each kind, so that :meth:`A` skips the
+        # chunks of views without asking the device.
+        _, _, dir_x, dir_y = self._rays(self.angles.detach().cpu())
+        self._rows = dir_y.abs() >= dir_x.abs()
+        self._views_with = (self._rows.any(1).tolist(), (~self._rows).any(1).tolist())
 
     @property
     def detector_positions(self) -> Tensor:
         """``(n_detectors,)`` float64 bin centres :math:`u_d` on the detector, in pixels."""
-        d = torch.arange(self.n_detectors, dtype=torch.float64)
+        return self._detector_positions(torch.device("cpu"))
+
+    def _detector_positions(self, device: torch.device) -> Tensor:
+        d = torch.arange(self.n_detectors, dtype=torch.float64, device=device)
         return (d - (self.n_detectors - 1) / 2) * self.detector_spacing
 
-    def _rays(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Source ``(S_x, S_y)``, each ``(n,)``; ray directions ``(dir_x, dir_y)``, each ``(n, n_det)``."""
-        beta = self._geometry(device)
-        cos, sin = beta.cos()[:, None], beta.sin()[:, None]
+    def _rays(self, angles: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Source ``(S_x, S_y)``, each ``(n,)``; ray directions ``(dir_x, dir_y)``, each ``(n, n_det)``,
+        for float64 ``angles`` ``(n,)``, on their device."""
+        cos, sin = angles.cos()[:, None], angles.sin()[:, None]
         ds, dd = self.source_distance, self.detector_distance
-        u = self.detector_positions.to(device)[None, :]
+        u = self._detector_positions(angles.device)[None, :]
         # dir = (D_s + D_d) e_perp + u e with e = (cos, sin), e_perp = (-sin, cos); S = -D_s e_perp
         dir_x = -(ds + dd) * sin + u * cos
         dir_y = (ds + dd) * cos + u * sin
@@ -596,7 +666,7 @@ class FanBeamCT(_RayTransform):
             :math:`\{p : p \cdot e_\theta = s\}`, so its line integral is the parallel-beam
             projection at ``(theta, s)`` (e.g. :func:`ellipse_sinogram` of ``theta, s``).
         """
-        sx, sy, dir_x, dir_y = self._rays(self.angles.device)
+        sx, sy, dir_x, dir_y = self._rays(self._geometry(self.angles.device))
         norm = torch.hypot(dir_x, dir_y)
         vx, vy = dir_x / norm, dir_y / norm
         theta = torch.atan2(-vx, vy)
@@ -605,10 +675,10 @@ class FanBeamCT(_RayTransform):
 
     def _project(self, x: Tensor) -> Tensor:
         N, (H, W), nd = x.shape[0], self.img_shape, self.n_detectors
-        sx, sy, dir_x, dir_y = self._rays(x.device)
+        sx, sy, dir_x, dir_y = self._rays(self._geometry(x.device))
         xs, ys = _pixel_centres(self.img_shape, x.device)
         norm = torch.hypot(dir_x, dir_y)
-        rows = dir_y.abs() >= dir_x.abs()
+        rows = self._rows.to(x.device)
         zero = torch.zeros_like(dir_x)
         out = x.new_zeros(N, len(sx), nd)
         work = _Workspace(x.device)
@@ -620,14 +690,14 @@ class FanBeamCT(_RayTransform):
             (x.transpose(1, 2), ~rows, (H - 1) / 2 - sy, sx[:, None] - xs[None, :], dir_y / dir_x,
              norm / dir_x.abs()),
         )
-        for img, mask, base, along, slope, weight in passes:
+        for (img, mask, base, along, slope, weight), views in zip(passes, self._views_with):
             slope = torch.where(mask, slope, zero)
             weight = torch.where(mask, weight, zero).to(x.dtype)
             lines = F.pad(img, (1, 2))
             base = base + 1
             chunk = _chunk_size(self.angle_chunk, N * img.shape[1] * nd)
             for sl in _chunks(len(sx), chunk):
-                if not bool(mask[sl].any()):
+                if not any(views[sl]):
                     continue
                 # 2. Positions of every (ray, step) in float64, then the weighted interpolated sums.
                 p = torch.addcmul(base[sl, None, None], along[sl, :, None], slope[sl, None, :])
@@ -652,7 +722,7 @@ class FanBeamCT(_RayTransform):
     def _backproject(self, y: Tensor) -> Tensor:
         N, (H, W), nd, dl = y.shape[0], self.img_shape, self.n_detectors, self.detector_spacing
         ds, dd = self.source_distance, self.detector_distance
-        sx, sy, dir_x, dir_y = self._rays(y.device)
+        sx, sy, dir_x, dir_y = self._rays(self._geometry(y.device))
         beta = self._geometry(y.device)
         cos, sin = beta.cos()[:, None, None], beta.sin()[:, None, None]
         xs, ys = _pixel_centres(self.img_shape, y.device)
@@ -721,15 +791,16 @@ def ramp_filter(sinogram: Tensor, filter: str = "ramp") -> Tensor:
     """
     if filter not in FILTERS:
         raise ValueError(f"filter: expected one of {sorted(FILTERS)}, got {filter!r}")
-    n = sinogram.shape[-1]
+    n, device = sinogram.shape[-1], sinogram.device
     size = max(64, 2 ** math.ceil(math.log2(2 * n)))
-    k = torch.cat([torch.arange(1, size // 2 + 1, 2), torch.arange(size // 2 - 1, 0, -2)]).to(torch.float64)
-    kernel = torch.zeros(size, dtype=torch.float64)
-    kernel[0] = 0.25
-    kernel[1::2] = -1 / (math.pi * k) ** 2
+    odd = torch.arange(1, size // 2 + 1, 2, device=device)
+    k = torch.cat([odd, torch.arange(size // 2 - 1, 0, -2, device=device)])
+    kernel = torch.zeros(size, dtype=torch.float64, device=device)
+    kernel[:1] = 0.25  # a slice is filled on the device; kernel[0] = 0.25 would copy the value from the host
+    kernel[1::2] = -1 / (math.pi * k.to(torch.float64)) ** 2
     response = torch.fft.rfft(kernel).real
-    response = response * FILTERS[filter](torch.fft.rfftfreq(size, dtype=torch.float64))
-    response = response.to(device=sinogram.device, dtype=_work_dtype(sinogram.dtype))
+    response = response * FILTERS[filter](torch.fft.rfftfreq(size, dtype=torch.float64, device=device))
+    response = response.to(dtype=_work_dtype(sinogram.dtype))
     spectrum = torch.fft.rfft(sinogram.to(response.dtype), n=size, dim=-1)
     return torch.fft.irfft(spectrum * response, n=size, dim=-1)[..., :n].to(sinogram.dtype)
 
@@ -782,7 +853,7 @@ def _fan_fbp(sinogram: Tensor, op: FanBeamCT, filter: str) -> Tensor:
     dtype, device = _work_dtype(sinogram.dtype), sinogram.device
     ds, dd = op.source_distance, op.detector_distance
     # 1. Virtual detector at the rotation centre, cosine pre-weighting, ramp filter (halved).
-    s = op.detector_positions.to(device) * ds / (ds + dd)
+    s = op._detector_positions(device) * ds / (ds + dd)
     spacing = op.detector_spacing * ds / (ds + dd)
     pre = (ds / torch.sqrt(ds**2 + s**2)).to(dtype)
     q = ramp_filter(sinogram.to(dtype) * pre, filter) / (2 * spacing)
