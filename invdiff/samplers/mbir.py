@@ -127,6 +127,7 @@ def admm_tv_z_step(
     lam: float,
     cg_steps: int,
     dz: FiniteDifference | None = None,
+    check_finite: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
     r"""One ADMM iteration for :math:`\tfrac12\|Ax - y\|^2 + \lambda\|D_z x\|_1` (module docstring).
 
@@ -139,24 +140,27 @@ def admm_tv_z_step(
         lam: the TV-z weight.
         cg_steps: CG iterations on the x-update; the volume is one system.
         dz: :math:`D_z`, a :class:`~operators.linalg.FiniteDifference` along axis 0; default plain.
+        check_finite: CG checks its input and result (one host synchronisation); the samplers
+            pass ``False`` and check their state once per step instead.
 
     Returns:
-        ``(x, z, u, info)`` with ``info["residual"]``, the relative CG residual (float), and
-        ``info["primal"]``, :math:`\|D_z x - z\| / \sqrt{n}` after the update.
+        ``(x, z, u, info)`` with ``info["residual"]``, the relative CG residual, and
+        ``info["primal"]``, :math:`\|D_z x - z\| / \sqrt{n}` after the update, both 0-d tensors
+        on ``x``'s device (reading them is a host synchronisation, left to the caller).
     """
     dz = FiniteDifference(0) if dz is None else dz
     # 1. x-update: CG on (A^H A + rho D_z^T D_z) x = A^H y + rho D_z^T (z - u), the volume as one sample.
     rhs = ATy + rho * dz.AT(z - u)
     system = lambda v: (normal(v[0]) + rho * dz.normal(v[0]))[None]  # noqa: E731
-    x, cg_info = conjugate_gradient(system, rhs[None], x[None], max_iter=cg_steps)
+    x, cg_info = conjugate_gradient(system, rhs[None], x[None], max_iter=cg_steps, check_finite=check_finite)
     x = x[0]
     # 2. z-update: soft threshold of D_z x + u at lam / rho.
     dx = dz.A(x)
     z = soft_threshold(dx + u, lam / rho)
     # 3. Dual update.
     u = u + dx - z
-    primal = float((dx - z).norm() / max(dx.numel(), 1) ** 0.5)
-    return x, z, u, {"residual": float(cg_info["residual"][0]), "primal": primal}
+    primal = (dx - z).norm() / max(dx.numel(), 1) ** 0.5
+    return x, z, u, {"residual": cg_info["residual"][0], "primal": primal}
 
 
 def _prepare(op, y, shape, slice_batch, rho, lam, noise_std, op_norm, sigmas, name):
@@ -198,8 +202,8 @@ def _info(start, nfe, admm, x, L, **extra) -> dict:
     return {
         "nfe": nfe,
         "seconds": time.perf_counter() - start,
-        "cg_residual": admm["residual"],
-        "admm_primal": admm["primal"],
+        "cg_residual": float(admm["residual"]),
+        "admm_primal": float(admm["primal"]),
         "tv_z": tv_z(x),
         "op_norm": L,
         **extra,
@@ -281,15 +285,14 @@ def sample_diffusion_mbir(
         for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             # 1. Tweedie estimate, chunk by chunk through the 2D prior.
             x0_hat = denoise_in_chunks(denoiser, x, sigma, int(slice_batch))
-            check_step_finite(x0_hat, NAME, i, sigma)
             # 2. Diffusion step with the Tweedie estimate, then ADMM-TV on the new state.
             x_next = ddim_step(x, x0_hat, sigma, sigma_next, eta, generator=generator)
             x_next, z, u, admm = admm_tv_z_step(
-                normal, ATy_n, x_next, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz
+                normal, ATy_n, x_next, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz, check_finite=False
             )
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, x0=x_next)
             x = x_next
-            check_step_finite(x, NAME, i, sigma)
+            check_step_finite((x0_hat, x), NAME, i, sigma)
     info = _info(start, len(sigma_list) - 1, admm, x, L, rho=rho, lam=lam, admm_cg=admm_cg, eta=eta,
                  circular=circular, decomposed=False, slice_batch=int(slice_batch))
     return x, info
@@ -358,15 +361,16 @@ def sample_dds3d(
         for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
             # 1. Tweedie estimate, chunk by chunk through the 2D prior.
             x0_hat = denoise_in_chunks(denoiser, x, sigma, int(slice_batch))
-            check_step_finite(x0_hat, name, i, sigma)
             eps = (x - x0_hat) / sigma
             # 2. ADMM-TV from the Tweedie estimate.
-            x0, z, u, admm = admm_tv_z_step(normal, ATy_n, x0_hat, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz)
+            x0, z, u, admm = admm_tv_z_step(
+                normal, ATy_n, x0_hat, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz, check_finite=False
+            )
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, x0=x0)
             # 3. DDS's step towards the refined estimate.
             c1, c2 = dds_coefficients(sigma_next, eta)
             x = ve_step(x0, eps, c1, c2, generator=generator)
-            check_step_finite(x, name, i, sigma)
+            check_step_finite((x0_hat, x), name, i, sigma)
     info = _info(start, len(sigma_list) - 1, admm, x, L, rho=rho, lam=lam, admm_cg=admm_cg, eta=eta,
                  circular=circular, slice_batch=int(slice_batch))
     return x, info
@@ -484,12 +488,13 @@ def sample_diffusion_mbir_paper(
                 part = part + step * grad + torch.sqrt(step * 2) * noise
                 parts.append(part)
             x_pc = torch.cat(parts)
-            check_step_finite(x_pc, name, i, sigma)
             # 3. One ADMM-TV iteration on the volume.
-            x_next, z, u, admm = admm_tv_z_step(normal, ATy_n, x_pc, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz)
+            x_next, z, u, admm = admm_tv_z_step(
+                normal, ATy_n, x_pc, z, u, rho=rho, lam=lam, cg_steps=admm_cg, dz=dz, check_finite=False
+            )
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=torch.cat(estimates), x0=x_next)
             x = x_next
-            check_step_finite(x, name, i, sigma)
+            check_step_finite((x_pc, x), name, i, sigma)
         if final_consistency:
             # 4. x + A^T (y - A x) / A^T A 1, where A^T A 1 > 0.
             norm_const = op.normal(torch.ones_like(x))
