@@ -97,15 +97,18 @@ class DeepinvDenoiser(nn.Module):
         self.calls += 1
         sigma = torch.as_tensor(sigma, device=x.device).to(self.dtype) * self.scale
         x = self.lo + self.scale * x.to(self.dtype)
-        sigma_value = float(sigma.reshape(-1)[0])
         x0_hat = self.denoiser(x, sigma)
-        for t in (x, x0_hat):
-            if not bool(torch.isfinite(t).all()):
-                raise FloatingPointError(
-                    f"{self.sampler}: non-finite values at step {i} (sigma={sigma_value:.6g}); "
-                    f"check the denoiser at this noise level and the step size"
-                )
-        emit(self.callback, i=i, sigma=sigma_value, x=x.detach(), x0_hat=x0_hat.detach())
+        # One host synchronisation per call; sigma is read back only for an error or a callback.
+        finite = bool(torch.isfinite(x).all() & torch.isfinite(x0_hat).all())
+        if not finite or self.callback is not None:
+            sigma_value = float(sigma.reshape(-1)[0])
+        if not finite:
+            raise FloatingPointError(
+                f"{self.sampler}: non-finite values at step {i} (sigma={sigma_value:.6g}); "
+                f"check the denoiser at this noise level and the step size"
+            )
+        if self.callback is not None:
+            emit(self.callback, i=i, sigma=sigma_value, x=x.detach(), x0_hat=x0_hat.detach())
         return (x0_hat - self.lo) / self.scale
 
 
