@@ -132,6 +132,15 @@ class Method:
             raise ValueError(f"{where}: expected a 'sampler' or a 'baseline' key, got {sorted(entry)}")
         return cls(name, where=where, **dict(entry))
 
+    @classmethod
+    def from_sampler_config(cls, entry: Mapping, where: str = "sampler") -> Method:
+        """A sampler from a ``configs/sampler/*.yaml`` entry: ``{name, steps, schedule, schedule_params, params}``."""
+        entry = dict(entry)
+        if "name" not in entry:
+            raise ValueError(f"{where}.name: expected the sampler's name, got the keys {sorted(entry)}")
+        name = entry.pop("name")
+        return cls.from_config(name, {"sampler": name, **entry}, where=where)
+
     @property
     def is_sampler(self) -> bool:
         return self.sampler is not None

@@ -24,12 +24,6 @@ from invdiff.fileio import atomic_write_text
 from invdiff.run import Method
 
 
-def _sampler_method(sampler: DictConfig) -> Method:
-    entry = OmegaConf.to_container(sampler, resolve=True)
-    name = entry.pop("name")
-    return Method.from_config(name, {"sampler": name, **entry}, where="sampler")
-
-
 def _reconstruction_cases(tasks: dict, data_root: str) -> list[Case]:
     """Each task's default problem, prior and sampler (``configs/config.yaml`` with the task's overrides)."""
     cases = []
@@ -37,8 +31,9 @@ def _reconstruction_cases(tasks: dict, data_root: str) -> list[Case]:
         overrides = [f"task={task}", f"sampler.steps={spec['steps']}", f"data_root={data_root}",
                      *spec.get("overrides", [])]
         cfg = compose(config_name="config", overrides=overrides)
-        cases.append(Case(task, instantiate(cfg.task, _partial_=True), instantiate(cfg.prior),
-                          _sampler_method(cfg.sampler), int(spec["count"])))
+        method = Method.from_sampler_config(OmegaConf.to_container(cfg.sampler, resolve=True))
+        cases.append(Case(task, instantiate(cfg.task, _partial_=True), instantiate(cfg.prior), method,
+                          int(spec["count"])))
     return cases
 
 

@@ -61,9 +61,7 @@ def _describe(name: str, scores: dict | None) -> str:
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_dir(run_dir, cfg.overwrite)
-    entry = OmegaConf.to_container(cfg.sampler, resolve=True)
-    name = entry.pop("name")
-    method = Method.from_config(name, {"sampler": name, **entry}, where="sampler")
+    method = Method.from_sampler_config(OmegaConf.to_container(cfg.sampler, resolve=True))
     problem = instantiate(cfg.task)
     prior = instantiate(cfg.prior)
     with tqdm(total=method.steps, desc=f"{method.name} on {problem.name}", disable=not cfg.progress) as bar:

@@ -38,15 +38,16 @@ COLUMNS = [
 ]
 
 
-def random_adm(config: str = "dds_fastmri_320", seed: int = 0) -> Denoiser:
+def random_adm(config: str = "dds_fastmri_320", seed: int = 0, overrides: dict | None = None) -> Denoiser:
     """An ADM network of ``config``'s architecture with random weights (seeded), as a VP ε-denoiser
-    the way :func:`invdiff.priors.checkpoints.load_adm` wraps a checkpoint."""
+    the way :func:`invdiff.priors.checkpoints.load_adm` wraps a checkpoint; ``overrides`` replace
+    entries of the architecture (e.g. a narrow network for tests)."""
     from invdiff.priors.adm import ADM_CONFIGS, ADMUNet
     from invdiff.priors.checkpoints import adm_denoiser
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # only the random weights; nothing downstream draws from it
-        net = ADMUNet(**ADM_CONFIGS[config])
+        net = ADMUNet(**{**ADM_CONFIGS[config], **(overrides or {})})
     denoiser = adm_denoiser(net)
     denoiser.source = f"random weights, ADM {config}"
     return denoiser
