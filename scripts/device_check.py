@@ -74,13 +74,16 @@ def main(cfg: DictConfig) -> None:
              f"benchmark.out_dir={out / 'batch'}", f"hydra.run.dir={out / 'batch' / 'hydra'}",
              f"data_root={data_root}"]
     dds, volume = spec["dds"], spec["volume"]
+    dds_problem = functools.partial(mri, size=dds["size"], coils=dds["coils"], image="phantom", data_root=data_root)
+    dds_prior = functools.partial(random_adm, dds["adm"], overrides=dds["adm_overrides"])
+    profiled = dict(spec["profile"])
+    steps = profiled.pop("steps")
+    profile_case = TimingCase("dds_profile", {**dds["method"], "steps": steps}, **profiled)
     report = device_check(
         out=out, device=cfg.device, sections=spec["sections"], tests=tests,
         tasks=_task_cases(spec["tasks"], data_root) if "tasks" in spec["sections"] else (), batch=batch,
-        dds={"problem": functools.partial(mri, size=dds["size"], coils=dds["coils"], image="phantom",
-                                          data_root=data_root),
-             "prior": functools.partial(random_adm, dds["adm"], overrides=dds["adm_overrides"]),
-             "cases": _timing(dds, "dds")},
+        dds={"problem": dds_problem, "prior": dds_prior, "cases": _timing(dds, "dds")},
+        profile={"problem": dds_problem, "prior": dds_prior, "case": profile_case},
         volume={"problem": functools.partial(ct3d, size=volume["size"], depth=volume["depth"], views=volume["views"],
                                              image="phantom", data_root=data_root),
                 "prior": functools.partial(random_adm, volume["adm"], overrides=volume["adm_overrides"]),

@@ -14,6 +14,10 @@ everything it measured:
 - ``dds``: DDS on full-size multi-coil MRI (:class:`TimingCase`) with an ADM network of DDS's
   fastMRI architecture and random weights: seconds per slice and per network evaluation, peak
   memory, and the network's achieved throughput against the device's peak;
+- ``profile``: a few DDS steps at full size under ``torch.profiler``: the operations that take
+  the device's time, and the host synchronisations per step (``aten::_local_scalar_dense``, the
+  read-back of a device value, and the CUDA runtime's synchronising calls); the Chrome trace is
+  written as ``profile_trace.json``;
 - ``volume``: a volume sampler (DDS-3D, DiffusionMBIR) on a CT volume with the ADM-256
   architecture, seconds and peak memory.
 
@@ -46,7 +50,7 @@ from invdiff.fileio import atomic_write_text, json_safe
 from invdiff.priors.base import Denoiser
 from invdiff.problems.base import Problem
 
-SECTIONS = ("tests", "tasks", "batch", "dds", "volume")
+SECTIONS = ("tests", "tasks", "batch", "dds", "profile", "volume")
 """The sections of :func:`device_check`, in the order they run."""
 
 PEAK_TFLOPS = {
@@ -240,6 +244,9 @@ TIMING_COLUMNS = [("case", "case", "s"), ("precision", "precision", "s"), ("slic
                   ("peak_mib", "peak MiB", ".0f"), ("tflops", "network TFLOP/s", ".1f"),
                   ("of_peak", "of peak", ".2f")]
 
+PROFILE_COLUMNS = [("op", "operation", "s"), ("calls", "calls", "d"), ("self_ms", "self ms", ".1f"),
+                   ("share", "share", ".2f")]
+
 
 @dataclass
 class DeviceReport:
@@ -275,6 +282,8 @@ class DeviceReport:
                 lines += [markdown_table(sec["rows"], TASK_COLUMNS), ""]
             elif name in ("dds", "volume") and sec["rows"]:
                 lines += [markdown_table(sec["rows"], TIMING_COLUMNS), ""]
+            elif name == "profile" and sec["rows"]:
+                lines += [markdown_table(sec["rows"], PROFILE_COLUMNS), ""]
             elif sec["rows"]:
                 lines += ["```", *[str(r) for r in sec["rows"]], "```", ""]
             if sec.get("error"):
@@ -306,6 +315,7 @@ def device_check(
     batch: Sequence[str] | None = None,
     dds: dict | None = None,
     volume: dict | None = None,
+    profile: dict | None = None,
     budget_s: float = 480.0,
     cwd: str | Path | None = None,
 ) -> str:
@@ -322,6 +332,7 @@ def device_check(
             (a denoiser factory) and ``cases`` (:class:`TimingCase` list).
         volume: the ``volume`` section: ``problem`` (a volume problem factory), ``prior`` and
             ``cases``.
+        profile: the ``profile`` section: ``problem``, ``prior`` and ``case`` (a :class:`TimingCase`).
         budget_s: seconds for the whole run; a section or case that would start after it is
             reported as not run.
         cwd: the working directory of the commands.
@@ -374,12 +385,15 @@ def device_check(
                               f"refused by the method, {counts['error']} errors.")
             sec["ok"] = counts["error"] == 0
         else:
-            spec = dds if name == "dds" else volume
+            spec = {"dds": dds, "volume": volume, "profile": profile}[name]
             if not spec:
                 sec["skipped"] = "no cases given"
             else:
                 try:
-                    _timing_section(sec, spec, device, report, left, volume=name == "volume")
+                    if name == "profile":
+                        _profile_section(sec, spec, device, Path(out))
+                    else:
+                        _timing_section(sec, spec, device, report, left, volume=name == "volume")
                 except Exception as err:  # noqa: BLE001 - a section that cannot start is reported, the next runs
                     sec["error"] = f"{type(err).__name__}: {err}"
                     sec["ok"] = False
@@ -426,3 +440,46 @@ def _timing_section(sec: dict, spec: dict, device: torch.device, report: DeviceR
         sec["summary"] += (f". Fastest: {fastest['case']} ({fastest['precision']}, slice_batch "
                            f"{fastest['slice_batch']}, compile {fastest['compile']}) at {fastest['s_per_slice']:.3f} s "
                            f"per slice.")
+
+
+SYNC_EVENTS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+"""Profiler events that stop the host until the device is done: reading a device value back, and
+the CUDA runtime's synchronising calls."""
+
+
+def _profile_section(sec: dict, spec: dict, device: torch.device, out: Path) -> None:
+    """A few steps of ``spec["case"]`` under ``torch.profiler``, after a warm-up run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from invdiff.run import Method, run_method
+
+    case: TimingCase = spec["case"]
+    one = spec["problem"]()
+    problem = _batched(one, case.slice_batch)
+    prior = spec["prior"]()
+    method = Method.from_config(case.name, dict(case.method), where=f"profile.{case.name}")
+    kwargs = {"device": device, "precision": case.precision, "compile_mode": case.compile}
+    run_method(method, problem, prior, generator=torch.Generator().manual_seed(0), **kwargs)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _, info = run_method(method, problem, prior, generator=torch.Generator().manual_seed(0), **kwargs)
+    prof.export_chrome_trace(str(out / "profile_trace.json"))
+    events = prof.key_averages()
+    on_device = device.type == "cuda"
+
+    def self_ms(e) -> float:
+        us = getattr(e, "self_device_time_total", None) if on_device else e.self_cpu_time_total
+        return (us if us is not None else getattr(e, "self_cuda_time_total", 0.0)) / 1e3
+
+    steps = case.method["steps"]
+    syncs = {e.key: e.count for e in events if e.key in SYNC_EVENTS}
+    total = sum(self_ms(e) for e in events)
+    top = sorted(events, key=self_ms, reverse=True)[:12]
+    sec["rows"] = [{"op": e.key, "calls": e.count, "self_ms": self_ms(e), "share": self_ms(e) / total if total else None}
+                   for e in top]
+    sec["syncs"] = syncs
+    sec["summary"] = (f"{case.name}: {steps} steps, {case.precision}, slice_batch {case.slice_batch}, compile "
+                      f"{case.compile}, {info['seconds']:.2f} s under the profiler. Host synchronisations: "
+                      + (", ".join(f"{k} {v} ({v / steps:.1f} per step)" for k, v in syncs.items()) or "none")
+                      + f". Top operations by self {'device' if on_device else 'CPU'} time:")
+    sec["ok"] = True

@@ -37,6 +37,9 @@ def test_the_tiny_device_check_runs_every_section_on_the_cpu(tmp_path):
         rows = sections[name]["rows"]
         assert rows and all(r["finite"] and r["nfe"] == 2 and r["s_per_slice"] > 0 for r in rows), rows
         assert [r["seconds"] / r["s_per_slice"] for r in rows] == pytest.approx(slices)
+    profile = sections["profile"]
+    assert profile["rows"] and profile["syncs"]["aten::_local_scalar_dense"] > 0
+    assert (out / "profile_trace.json").stat().st_size > 0
     text = (out / "device_check.md").read_text()
     assert "| dds1_dds | fp32 | 2 | off | 2 |" in text and "6 ok, 3 refused by the method, 0 errors" in text
 
