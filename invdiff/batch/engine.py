@@ -875,6 +875,7 @@ def run_batch(
     slice_batch: int = 1,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    compile_mode: str | bool = "off",
     notes: Sequence[str] = (),
     max_items: int | None = None,
     resume: bool = True,
@@ -894,6 +895,8 @@ def run_batch(
         slice_batch: consecutive slices of a volume run as one batch (module docstring).
         device: where the methods run.
         precision: the network's precision (:func:`invdiff.run.run_method`).
+        compile_mode: ``torch.compile`` the network (:func:`invdiff.run.run_method`); like the
+            device, it is not part of the run record, since it changes results by round-off only.
         notes: lines the summary carries (e.g. that the coil maps are an oracle's).
         max_items: stop after this many new ``(volume, slice batch, setting)`` problems (for
             tests that simulate a killed run).
@@ -918,7 +921,7 @@ def run_batch(
     with _shard_lock(out_dir, shard):
         new, skipped = _run_shard(dataset, methods, settings, out_dir, prior=prior, seed=seed, shard=shard,
                                   slices=slices, slice_batch=slice_batch, device=device, precision=precision,
-                                  notes=notes, max_items=max_items)
+                                  compile_mode=compile_mode, notes=notes, max_items=max_items)
     if shard.distributed:
         import torch.distributed as dist
 
@@ -932,7 +935,8 @@ def run_batch(
 
 def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str, dict], out_dir: Path, *,
                prior: Denoiser | None, seed: int, shard: Shard, slices: Sequence[int] | None, slice_batch: int,
-               device, precision: str, notes: Sequence[str], max_items: int | None) -> tuple[int, dict[str, str]]:
+               device, precision: str, compile_mode: str | bool, notes: Sequence[str],
+               max_items: int | None) -> tuple[int, dict[str, str]]:
     """:func:`run_batch`'s work on this shard, under its lock: the new problems run and the skipped files."""
     done = {_row_key(r) for r in read_rows(out_dir)}
 
@@ -1007,7 +1011,7 @@ def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str,
                 _save_npy(target_path(out_dir, volume.name, i), problem.target[b, 0].numpy())
         for method in todo:
             rows = _run_method(methods[method], problem, prior, volume, indices, setting, seed, out_dir,
-                               device=device, precision=precision)
+                               device=device, precision=precision, compile_mode=compile_mode)
             for row in rows:
                 if (setting, method, volume.name, row["slice"]) not in done:
                     writer.append(row)
@@ -1023,13 +1027,15 @@ def _slice_range(num_slices: int, slices: Sequence[int] | None) -> list[int]:
 
 
 def _run_method(method: Method, problem: Problem, prior: Denoiser | None, volume: Volume, indices: Sequence[int],
-                setting: str, seed: int, out_dir: Path, *, device, precision: str) -> list[dict]:
+                setting: str, seed: int, out_dir: Path, *, device, precision: str,
+                compile_mode: str | bool) -> list[dict]:
     """One method on one slice batch: a row per slice (metrics when there is a target, or the error)."""
     keys = [{"setting": setting, "method": method.name, "volume": volume.name, "slice": i} for i in indices]
     generator = torch.Generator().manual_seed(item_seed(seed, volume.name, indices[0], f"{setting}/{method.name}"))
     start = time.perf_counter()
     try:
-        x, info = run_method(method, problem, prior, generator=generator, device=device, precision=precision)
+        x, info = run_method(method, problem, prior, generator=generator, device=device, precision=precision,
+                             compile_mode=compile_mode)
         images = problem.image(x)[:, 0].numpy()
         if not np.all(np.isfinite(images)):
             raise FloatingPointError("the reconstruction holds NaN or infinite values")

@@ -70,8 +70,8 @@ def build_methods(methods: Mapping[str, Mapping], run: Sequence[str] | None = No
 
 def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, methods: Mapping,
                      run: Sequence[str] | None, prior: Denoiser | None, seed: int, threads: int, device: str,
-                     precision: str, slice_batch: int, shard: int, num_shards: int, max_items: int | None,
-                     slices: Sequence[int] | None, notes: Sequence[str] = (), resume: bool = True) -> str:
+                     precision: str, compile_mode: str | bool, slice_batch: int, shard: int, num_shards: int,
+                     max_items: int | None, slices: Sequence[int] | None, notes: Sequence[str] = (), resume: bool = True) -> str:
     torch.set_num_threads(int(threads))
     built = build_methods(methods, run)
     if prior is None and any(m.is_sampler for m in built.values()):
@@ -83,8 +83,8 @@ def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, met
     if device.type == "cuda" and where.distributed:
         device = torch.device(f"cuda:{where.local_rank}")
     result = run_batch(dataset, built, dict(settings), Path(out_dir), prior=prior, seed=seed, shard=where,
-                       slices=slices, slice_batch=slice_batch, device=device, precision=precision, notes=notes,
-                       max_items=max_items, resume=resume)
+                       slices=slices, slice_batch=slice_batch, device=device, precision=precision,
+                       compile_mode=compile_mode, notes=notes, max_items=max_items, resume=resume)
     folder = str(result.out_dir)
     if Path(out_dir) != result.out_dir:
         folder += f" (benchmark.resume=false: {out_dir} holds an earlier run)"
@@ -104,8 +104,8 @@ def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, met
 def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, prior: Denoiser | None,
                   run: Sequence[str] | None = None, coil_maps: str = "acs", scale: str = "estimate",
                   noise_std: float | None = None, calib_rows: int = 24, kernel_width: int = 6, seed: int = 0,
-                  threads: int = 1, device: str = "cpu", precision: str = "fp32", slice_batch: int = 1,
-                  shard: int = 0, num_shards: int = 1, max_items: int | None = None, resume: bool = True) -> str:
+                  threads: int = 1, device: str = "cpu", precision: str = "fp32", compile: str | bool = False,
+                  slice_batch: int = 1, shard: int = 0, num_shards: int = 1, max_items: int | None = None, resume: bool = True) -> str:
     """The fastMRI batch benchmark (module docstring); returns the summary table.
 
     Raises:
@@ -127,14 +127,14 @@ def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pr
                         f"{'estimated' if noise_std is None else f'(noise std {noise_std} given)'} from the measured k-space."]
     return _batch_benchmark(dataset, name="mri", out_dir=out_dir, settings=settings, methods=methods, run=run,
                             prior=prior, seed=seed, threads=threads, device=device, precision=precision,
-                            slice_batch=slice_batch, shard=shard, num_shards=num_shards, max_items=max_items,
-                            slices=data.get("slices"), notes=notes, resume=resume)
+                            compile_mode=compile, slice_batch=slice_batch, shard=shard, num_shards=num_shards,
+                            max_items=max_items, slices=data.get("slices"), notes=notes, resume=resume)
 
 
 def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, prior: Denoiser | None,
                  run: Sequence[str] | None = None, seed: int = 0, threads: int = 1, device: str = "cpu",
-                 precision: str = "fp32", slice_batch: int = 1, shard: int = 0, num_shards: int = 1,
-                 max_items: int | None = None, resume: bool = True) -> str:
+                 precision: str = "fp32", compile: str | bool = False, slice_batch: int = 1, shard: int = 0,
+                 num_shards: int = 1, max_items: int | None = None, resume: bool = True) -> str:
     """The CT batch benchmark (module docstring); returns the summary table.
 
     Raises:
@@ -146,8 +146,8 @@ def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pri
     dataset = CTFolder(Path(root), data.get("pattern", "*.h5"))
     return _batch_benchmark(dataset, name="ct", out_dir=out_dir, settings=settings, methods=methods, run=run,
                             prior=prior, seed=seed, threads=threads, device=device, precision=precision,
-                            slice_batch=slice_batch, shard=shard, num_shards=num_shards, max_items=max_items,
-                            slices=data.get("slices"), resume=resume)
+                            compile_mode=compile, slice_batch=slice_batch, shard=shard, num_shards=num_shards,
+                            max_items=max_items, slices=data.get("slices"), resume=resume)
 
 
 __all__ = ["MethodsFailed", "build_methods", "ct_benchmark", "failed_everywhere", "mri_benchmark"]

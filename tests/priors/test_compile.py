@@ -62,3 +62,20 @@ def test_run_method_compiles_and_names_a_bad_mode(prior, monkeypatch):
     assert info["nfe"] == 3
     with pytest.raises(ValueError, match="compile: expected one of .* or a boolean, got 'yes'"):
         run_method(method, problem, prior, generator=torch.Generator().manual_seed(0), compile_mode="yes")
+
+
+def test_a_batch_run_compiles_the_prior_and_gives_the_same_rows(monkeypatch, tmp_path):
+    from tests.benchmarks.test_batch import _ct_folder, _metric_rows, _run
+
+    data = _ct_folder(tmp_path / "data", volumes=1, slices=2, size=24)
+    _run(data, tmp_path / "plain")
+    monkeypatch.setattr(CompiledDenoiser.__init__, "__defaults__", ("default", "aot_eager"))
+    calls = []
+    forward = CompiledDenoiser.forward
+    monkeypatch.setattr(CompiledDenoiser, "forward", lambda self, x, sigma: calls.append(1) or forward(self, x, sigma))
+    _run(data, tmp_path / "compiled", compile_mode="default")
+    assert calls
+    plain, compiled = _metric_rows(tmp_path / "plain"), _metric_rows(tmp_path / "compiled")
+    assert [r["method"] for r in compiled] == [r["method"] for r in plain]
+    for a, b in zip(plain, compiled):
+        assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-3), (a, b)
