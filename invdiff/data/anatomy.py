@@ -55,8 +55,16 @@ def split_slices(split: str) -> list[int]:
     return [z for start, stop in SPLITS[split] for z in range(start, stop)]
 
 
-def tissue_maps(split: str, size: int) -> Tensor:
+NATIVE_SIZE = 233
+"""The side of a slice at the templates' own 1 mm grid: 197 x 233 zero-padded to a square."""
+
+
+def tissue_maps(split: str, size: int | None) -> Tensor:
     """Tissue maps of a split's axial slices, square and resampled to ``size``.
+
+    Args:
+        split: a key of :data:`SPLITS`.
+        size: the side to resample to; ``None`` keeps the 1 mm grid (:data:`NATIVE_SIZE`).
 
     Returns:
         ``(N, 4, size, size)`` float32: T1 template, grey matter, white matter, CSF, each in
@@ -72,6 +80,8 @@ def tissue_maps(split: str, size: int) -> Tensor:
     H, W = maps.shape[-2:]
     side = max(H, W)
     maps = F.pad(maps, ((side - W) // 2, side - W - (side - W) // 2, (side - H) // 2, side - H - (side - H) // 2))
+    if size is None:
+        return maps.clamp(0, 1)
     return F.interpolate(maps, size=(size, size), mode="area").clamp(0, 1)
 
 
@@ -119,10 +129,12 @@ def synthesize(maps: Tensor, g: torch.Generator, family: Tensor | None = None) -
     return (image / peak).clamp(0, 1)
 
 
-def complex_brain_images(split: str, size: int, variants: int, *, seed: int) -> Tensor:
+def complex_brain_images(split: str, size: int | None, variants: int, *, seed: int) -> Tensor:
     """Complex brain images: every slice of ``split`` in ``variants`` random contrasts, poses and
-    phases (the first variant of each slice unmoved). ``(N * variants, 1, size, size)`` complex64."""
+    phases (the first variant of each slice unmoved). ``(N * variants, 1, size, size)`` complex64;
+    ``size=None`` keeps the 1 mm grid (:data:`NATIVE_SIZE`)."""
     maps = tissue_maps(split, size)
+    size = maps.shape[-1]
     g = torch.Generator().manual_seed(seed)
     images = []
     for v in range(variants):

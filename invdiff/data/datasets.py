@@ -84,26 +84,35 @@ def load_split(folder: str | Path, split: str) -> np.ndarray:
 
 
 def mri_brain(
-    root: str | Path, size: int = 64, variants: tuple[int, int, int] = (64, 4, 1), seed: int = 0, *, splits=SPLIT_NAMES
+    root: str | Path, size: int | None = 64, variants: tuple[int, int, int] = (64, 4, 1), seed: int = 0, *,
+    splits=SPLIT_NAMES
 ) -> Path:
-    """Complex brain slices from the MNI templates: ``root/mri_brain_{size}``.
+    """Complex brain slices from the MNI templates: ``root/mri_brain_{size}``, or with ``size=None``
+    ``root/mri_brain_native``, the slices on the templates' own 1 mm grid
+    (:data:`~invdiff.data.anatomy.NATIVE_SIZE` square, zero-padded) for patch training
+    (:class:`invdiff.training.TrainConfig` ``patch_size``). Both are made from the same slices of
+    each split (:data:`invdiff.data.anatomy.SPLITS`), so the native splits are as disjoint as the
+    resampled ones.
 
     Args:
         root: the data root.
-        size: image side.
+        size: image side; ``None`` for the 1 mm grid (at 233 x 233 the default variants make a
+            training split of 1.3 GB; patch training does with fewer, e.g. ``(16, 4, 1)``).
         variants: random contrasts/poses/phases per slice for train, val and test (the test
             split's first variant is each slice as it is, unmoved).
         seed: seeds the synthesis of each split (offset per split).
         splits: the splits to build (those already present are reused).
     """
-    from invdiff.data.anatomy import SPLITS, complex_brain_images
+    from invdiff.data.anatomy import NATIVE_SIZE, SPLITS, complex_brain_images
 
     counts = dict(zip(SPLIT_NAMES, variants))
     offsets = dict(zip(SPLIT_NAMES, (0, 1, 2)))
     info = {"source": "MNI ICBM152 2009a (nilearn)", "splits": SPLITS, "size": size, "variants": counts,
             "seed": seed, "representation": "complex as (real, imaginary) channels, magnitude in [0, 1]"}
+    if size is None:
+        info.update(pixel_mm=1.0, image_size=[NATIVE_SIZE, NATIVE_SIZE])
     return build_dataset(
-        Path(root) / f"mri_brain_{size}",
+        Path(root) / f"mri_brain_{'native' if size is None else size}",
         lambda split: complex_brain_images(split, size, counts[split], seed=seed * 10 + offsets[split]),
         info,
         splits=splits,
@@ -204,13 +213,40 @@ def ct_slice(name: str) -> Tensor:
     return relative_attenuation(hu)
 
 
+def pad_to_common(images: list[Tensor]) -> Tensor:
+    """``(H_i, W_i)`` images zero-padded, centred, to the largest height and width among them:
+    ``(N, 1, H, W)``. Zero is the background of every dataset here (air, no signal)."""
+    import torch
+    import torch.nn.functional as F
+
+    H, W = max(x.shape[-2] for x in images), max(x.shape[-1] for x in images)
+    return torch.stack([F.pad(x, ((W - x.shape[-1]) // 2, W - x.shape[-1] - (W - x.shape[-1]) // 2,
+                                  (H - x.shape[-2]) // 2, H - x.shape[-2] - (H - x.shape[-2]) // 2))
+                        for x in images])[:, None]
+
+
 def ct(
-    root: str | Path, size: int = 64, counts: tuple[int, int, int] = (6000, 64, 16), seed: int = 0, *, splits=SPLIT_NAMES
+    root: str | Path, size: int | None = 64, counts: tuple[int, int, int] = (6000, 64, 16), seed: int = 0, *,
+    splits=SPLIT_NAMES
 ) -> Path:
     """CT crops in relative attenuation from the packaged slices: ``root/ct_{size}``; the splits
-    use different slices (:data:`CT_SPLITS`); the first test image is the whole test slice."""
+    use different slices (:data:`CT_SPLITS`); the first test image is the whole test slice.
+
+    With ``size=None``: ``root/ct_native``, each split's whole slices on their own pixel grid, for
+    patch training (:class:`invdiff.training.TrainConfig` ``patch_size``); ``counts`` and ``seed``
+    do not apply. Slices of one split that differ in size are zero-padded (air), centred, to the
+    largest (:func:`pad_to_common`); ``info.json`` keeps each slice's own size under
+    ``image_sizes``. The packaged slices are 512 x 512 for train and test, 128 x 128 for val.
+    """
     import torch
 
+    if size is None:
+        shapes = {split: [list(ct_slice(n).shape) for n in CT_SPLITS[split]] for split in SPLIT_NAMES}
+        info = {"source": "pydicom / pydicom-data CT slices", "splits": CT_SPLITS, "size": None,
+                "image_sizes": shapes, "representation": "mu / (2 mu_water), clipped to [0, 1]"}
+        return build_dataset(Path(root) / "ct_native",
+                             lambda split: pad_to_common([ct_slice(n) for n in CT_SPLITS[split]]), info,
+                             splits=splits)
     sizes = dict(zip(SPLIT_NAMES, counts))
     scales = {"train": (0.15, 1.0), "val": (0.5, 1.0), "test": (0.5, 1.0)}
     info = {"source": "pydicom / pydicom-data CT slices", "splits": CT_SPLITS, "size": size, "counts": sizes,
@@ -228,6 +264,9 @@ def ct(
 
 
 DATASETS["ct"] = ct
+
+NATIVE = ("mri_brain", "ct")
+"""The builders of :data:`DATASETS` that take ``size=None`` (the sources' own pixel grid)."""
 
 
 FASTMRI_CENTER_FRACTIONS = {4: 0.08, 8: 0.04}

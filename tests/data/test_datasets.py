@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from invdiff.data.anatomy import SPLITS, split_slices
+from invdiff.data.anatomy import NATIVE_SIZE, SPLITS, split_slices, tissue_maps
 from invdiff.data.datasets import (
     CT_SPLITS,
     NATURAL_SPLITS,
     ct,
+    ct_slice,
     load_split,
     mri_brain,
     mri_brain_fastmri,
     natural,
+    pad_to_common,
 )
 from invdiff.data.fastmri import load_folder, read_volume, reconstruct_rss
 from operators import fastmri_mask, volume_seed
@@ -57,6 +59,46 @@ def test_ct_and_natural_datasets(tmp_path):
             x = load_split(folder, split)
             assert x.shape == (n, channels, 16, 16)
             assert 0 <= x.min() and x.max() <= 1
+
+
+def test_native_brain_slices_are_the_splits_slices_on_the_1mm_grid(tmp_path):
+    for split in SPLITS:
+        native = tissue_maps(split, None)
+        assert native.shape == (len(split_slices(split)), 4, NATIVE_SIZE, NATIVE_SIZE)
+        # The resampled maps of a split are the area average of its native maps: the same slices.
+        small = torch.nn.functional.interpolate(native, size=(16, 16), mode="area").clamp(0, 1)
+        assert torch.equal(small, tissue_maps(split, 16))
+    folder = mri_brain(tmp_path, size=None, variants=(1, 1, 1))
+    assert folder.name == "mri_brain_native"
+    for split in SPLITS:
+        x = load_split(folder, split)
+        assert x.shape == (len(split_slices(split)), 2, NATIVE_SIZE, NATIVE_SIZE)
+    info = json.loads((folder / "info.json").read_text())
+    assert info["size"] is None and info["pixel_mm"] == 1.0
+    assert info["image_size"] == [NATIVE_SIZE, NATIVE_SIZE]
+
+
+def test_native_ct_keeps_each_splits_slices_on_their_own_grid(tmp_path):
+    folder = ct(tmp_path, size=None)
+    assert folder.name == "ct_native"
+    slices = {split: [ct_slice(n) for n in names] for split, names in CT_SPLITS.items()}
+    for split, images in slices.items():
+        x = torch.from_numpy(load_split(folder, split).astype(np.float32))
+        assert x.shape == (len(images), 1, *images[0].shape)
+        for stored, image in zip(x[:, 0], images):
+            assert float((stored - image).abs().max()) < 1e-3  # float16
+    train = torch.from_numpy(load_split(folder, "train").astype(np.float32))[:, 0]
+    assert all(float((t - slices["test"][0]).abs().max()) > 0.1 for t in train)  # the test slice is held out
+    sizes = json.loads((folder / "info.json").read_text())["image_sizes"]
+    assert sizes == {"train": [[512, 512], [512, 512]], "val": [[128, 128]], "test": [[512, 512]]}
+
+
+def test_pad_to_common_centres_images_of_different_sizes():
+    a, b = torch.ones(4, 6), 2 * torch.ones(2, 3)
+    x = pad_to_common([a, b])
+    assert x.shape == (2, 1, 4, 6)
+    assert torch.equal(x[0, 0], a)
+    assert torch.equal(x[1, 0, 1:3, 1:4], b) and float(x[1].sum()) == 2 * 6
 
 
 def test_fastmri_brain_volumes_read_back(tmp_path):
