@@ -274,13 +274,15 @@ SMALL_FRACTION = 0.5
 
 def _warn_below_training_size(prior: Denoiser, x_shape: tuple[int, ...]) -> None:
     """Warn when a convolutional prior runs far below the size it was trained at: it has learnt
-    structure at its training scale and may do worse there than a classical method."""
+    structure at its training scale and may do worse there than a classical method. A prior trained
+    on patches (``prior.patches``) counts its patch size; larger images never warn."""
     if prior.shape is None or prior.size_multiple is None:
         return
     trained = tuple(int(s) for s in prior.shape[1:])
     if any(s < SMALL_FRACTION * t for s, t in zip(x_shape[-2:], trained)):
+        at = f"on {trained[0]} x {trained[1]} patches" if prior.patches else f"at {trained[0]} x {trained[1]}"
         warnings.warn(
-            f"{prior._name()}: trained at {trained[0]} x {trained[1]}, run on {x_shape[-2]} x {x_shape[-1]}, "
+            f"{prior._name()}: trained {at}, run on {x_shape[-2]} x {x_shape[-1]}, "
             f"less than {SMALL_FRACTION:g} of its training size in a dimension; expect it to do worse than at "
             f"its own scale (compare with the classical baseline)", stacklevel=3)
 

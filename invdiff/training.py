@@ -12,6 +12,16 @@ weights, the EMA and the optimiser, so a run stopped and resumed from its checkp
 the same weights and the same ``loss.csv`` steps and losses as a run that never stopped. The initial weights
 come from their own seed (:func:`invdiff.priors.unet.edm_unet`; ``scripts/train_prior.py`` passes
 ``train.seed``).
+
+Patch training (``TrainConfig.patch_size``), after Hu et al. 2024, "Learning image priors through
+patch-based diffusion models for solving inverse problems": each image of a batch is replaced by a
+random ``P x P`` window of it, its position drawn from the same generator, so a convolutional
+network learns the statistics of native-resolution images (e.g. 233 x 233 brain slices at 1 mm,
+512 x 512 CT slices) at the cost of ``P x P`` inputs, and runs on the whole images afterwards. Unlike
+Hu et al., the patch's position is not given to the network as extra channels: a network with
+position channels is tied to one image size and placement, whereas a position-free one is
+translation-equivariant (away from its borders) and serves a 64 x 64 crop and a full image alike,
+which is what the run layer's size handling (any multiple of ``size_multiple``) expects.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,13 +58,16 @@ class TrainConfig:
         seed: seeds the generator of batches, noise levels and noise.
         checkpoint_every: steps between checkpoints (and at the end).
         log_every: steps between rows of ``loss.csv``.
+        patch_size: train on random ``patch_size x patch_size`` windows of the images instead of
+            the whole images (``None``); at most the images' size and a multiple of the network's
+            ``size_multiple`` (checked by :func:`train`, which sees both).
 
     Raises:
         ValueError: naming ``train.<key>``: ``steps``, ``batch_size``, ``checkpoint_every`` or
             ``log_every`` not a positive integer, ``warmup`` not a non-negative one, ``seed``
             not an integer, ``lr`` or ``p_std`` not finite and positive, ``p_mean`` not finite,
-            ``ema_decay`` outside ``[0, 1)``, ``flip`` not a bool. Whole floats (``4000.0``) are
-            taken as integers.
+            ``ema_decay`` outside ``[0, 1)``, ``flip`` not a bool, ``patch_size`` neither ``None``
+            nor a positive integer. Whole floats (``4000.0``) are taken as integers.
     """
 
     steps: int = 10_000
@@ -67,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
+    patch_size: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -79,6 +94,8 @@ class TrainConfig:
         self.ema_decay = _number("ema_decay", self.ema_decay, lambda v: 0 <= v < 1, "a number in [0, 1)")
         if not isinstance(self.flip, bool):
             raise ValueError(f"train.flip: expected true or false, got {self.flip!r}")
+        if self.patch_size is not None:
+            self.patch_size = _integer("patch_size", self.patch_size, 1, "null or a positive integer")
 
 
 def _integer(key: str, value: object, minimum: int | None, expected: str) -> int:
@@ -107,15 +124,71 @@ def edm_loss(denoiser: EDMDenoiser, x0: Tensor, log_sigma: Tensor, noise: Tensor
     return (weight.view(-1, 1, 1, 1) * (x0_hat - x0).square()).mean()
 
 
+def random_windows(data, idx: Tensor, size: int, g: torch.Generator) -> Tensor:
+    """Random ``size x size`` windows of the images ``data[idx]``, one each, positions drawn from ``g``.
+
+    Only the windows are read, so a memory-mapped dataset of large images is not loaded whole.
+
+    Args:
+        data: ``(N, C, H, W)`` images, a tensor or a numpy array (possibly memory-mapped).
+        idx: ``(B,)`` image indices.
+        size: the window side, at most ``H`` and ``W``.
+        g: the generator of the positions: ``top`` then ``left``, each ``(B,)``.
+
+    Returns:
+        ``(B, C, size, size)`` float32.
+    """
+    H, W = data.shape[-2:]
+    top = torch.randint(H - size + 1, (idx.shape[0],), generator=g)
+    left = torch.randint(W - size + 1, (idx.shape[0],), generator=g)
+    corners = zip(idx.tolist(), top.tolist(), left.tolist())
+    windows = [data[i, :, t : t + size, s : s + size] for i, t, s in corners]
+    if not isinstance(data, Tensor):
+        windows = [torch.from_numpy(np.array(w)) for w in windows]
+    return torch.stack(windows).float()
+
+
 def _draw(data: Tensor, cfg: TrainConfig, g: torch.Generator, device: torch.device):
     idx = torch.randint(data.shape[0], (cfg.batch_size,), generator=g)
-    x0 = torch.as_tensor(data[idx.numpy()] if not isinstance(data, Tensor) else data[idx]).float()
+    if cfg.patch_size is not None:
+        x0 = random_windows(data, idx, cfg.patch_size, g)
+    else:
+        x0 = torch.as_tensor(data[idx.numpy()] if not isinstance(data, Tensor) else data[idx]).float()
     if cfg.flip:
         flip = torch.rand(cfg.batch_size, generator=g) < 0.5
         x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
     log_sigma = cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=g)
     noise = torch.randn(x0.shape, generator=g)
     return x0.to(device), log_sigma.to(device), noise.to(device)
+
+
+def check_patch_size(cfg: TrainConfig, data_shape, denoiser: EDMDenoiser) -> None:
+    """Refuse a ``cfg.patch_size`` that the images or the network cannot take.
+
+    Args:
+        cfg: the settings.
+        data_shape: the training images' ``(N, C, H, W)``.
+        denoiser: the network to train.
+
+    Raises:
+        ValueError: naming ``train.patch_size``: larger than ``H`` or ``W``, not a multiple of the
+            network's ``size_multiple``, or unlike the training size the denoiser declares
+            (``shape``, from the network's ``img_resolution``).
+    """
+    P = cfg.patch_size
+    if P is None:
+        return
+    H, W = (int(s) for s in data_shape[-2:])
+    if P > min(H, W):
+        raise ValueError(f"train.patch_size: expected at most the images' size {H} x {W}, got {P}")
+    m = denoiser.size_multiple
+    if m is not None and P % m:
+        raise ValueError(f"train.patch_size: expected a multiple of the network's size_multiple {m}, got {P}")
+    if denoiser.shape is not None and tuple(denoiser.shape[1:]) != (P, P):
+        raise ValueError(
+            f"train.patch_size: {P}, but the network declares a training size of {denoiser.shape[1]} x "
+            f"{denoiser.shape[2]}; build it with img_resolution={P}"
+        )
 
 
 def _save(path: Path, state: dict) -> None:
@@ -160,7 +233,8 @@ def train(
     Args:
         denoiser: the network with its preconditioning; trained in place.
         data: ``(N, C, H, W)`` training images in the denoiser's data space (a tensor or a numpy
-            array, possibly memory-mapped).
+            array, possibly memory-mapped); with ``cfg.patch_size``, each step takes random windows
+            of them (:func:`random_windows`), so ``H, W`` may be any size of at least the patch.
         out_dir: holds ``checkpoint.pt`` (weights, EMA, optimiser, step, generator state, the
             loss sum since the last logged row) and ``loss.csv`` (``step, loss, seconds``: the mean
             loss since the previous row, seconds since this call began). A resumed run first drops
@@ -173,7 +247,12 @@ def train(
 
     Returns:
         The EMA denoiser.
+
+    Raises:
+        ValueError: a ``cfg.patch_size`` the data or the network cannot take (:func:`check_patch_size`),
+            or a checkpoint saved with other settings.
     """
+    check_patch_size(cfg, data.shape, denoiser)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)

@@ -4,6 +4,10 @@ The initial weights and every random draw of training come from ``train.seed``, 
 with the same settings train the same network. Resumes from ``out_dir/checkpoint.pt``; writes ``loss.csv``, sample grids
 ``samples_<step>.png`` (Heun from the EMA weights) and, with ``export=<file>``, the EMA prior in
 half precision at every checkpoint.
+
+With ``train.patch_size=P`` it trains on random ``P x P`` windows of the images (e.g. a native-resolution
+dataset, ``data=data/mri_brain_native``): the network's ``img_resolution`` becomes ``P``, the prior is
+marked as trained on patches, and the sample grids are ``P x P``.
 """
 
 import copy
@@ -43,13 +47,18 @@ def main(cfg: DictConfig) -> None:
     data = load_split(cfg.data, "train")
     device = resolve_device(cfg.device)
     network = OmegaConf.to_container(cfg.network)
-    denoiser = edm_unet(in_channels=data.shape[1], sigma_data=cfg.sigma_data, seed=train_cfg.seed, **network)
+    patch = train_cfg.patch_size
+    if patch is not None:
+        network["img_resolution"] = patch
+    denoiser = edm_unet(in_channels=data.shape[1], sigma_data=cfg.sigma_data, seed=train_cfg.seed,
+                        patches=patch is not None, **network)
 
     def on_checkpoint(step: int, ema) -> None:
         if cfg.export:
             save_prior(Path(cfg.export), copy.deepcopy(ema).cpu().half())
         if step % cfg.samples.every == 0 or step == train_cfg.steps:
-            shape = (cfg.samples.count, data.shape[1], data.shape[2], data.shape[3])
+            side = (data.shape[2], data.shape[3]) if patch is None else (patch, patch)
+            shape = (cfg.samples.count, data.shape[1], *side)
             x, _ = sample_heun(ema, sigmas_karras(cfg.samples.steps), shape=shape,
                                generator=torch.Generator(device).manual_seed(0))
             image_grid(display(x.float().cpu()).clamp_min(0), out_dir / f"samples_{step:06d}.png",

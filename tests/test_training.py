@@ -1,5 +1,6 @@
 import csv
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from invdiff.priors.unet import edm_unet
-from invdiff.training import TrainConfig, train
+from invdiff.priors.unet import edm_unet, load_prior, save_prior
+from invdiff.run import _warn_below_training_size
+from invdiff.training import TrainConfig, random_windows, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"channels": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (), "img_resolution": 8,
@@ -160,6 +162,9 @@ def test_fresh_run_replaces_a_stale_loss_log(tmp_path):
     ("p_std", float("inf"), "a finite positive number"),
     ("p_mean", float("nan"), "a finite number"),
     ("flip", "yes", "true or false"),
+    ("patch_size", 0, "null or a positive integer"),
+    ("patch_size", "64", "null or a positive integer"),
+    ("patch_size", 6.5, "null or a positive integer"),
 ])
 def test_train_config_names_a_bad_value(key, value, expected):
     with pytest.raises(ValueError, match=rf"train\.{key}: expected {expected}, got"):
@@ -180,3 +185,91 @@ def test_train_script_refuses_bad_steps_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"train\.steps: expected a positive integer, got 'abc'"):
         _train_script()(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def _windows_data():
+    """``(3, 1, 20, 24)`` images whose pixels spell ``(image, row, column)``: ``10000 n + 100 h + w``."""
+    n, h, w = torch.meshgrid(torch.arange(3), torch.arange(20), torch.arange(24), indexing="ij")
+    return (10000 * n + 100 * h + w).float()[:, None]
+
+
+def test_patch_windows_lie_inside_the_images_and_follow_the_seed():
+    data = _windows_data()
+    idx = torch.tensor([0, 2, 1, 2, 0, 1] * 20)
+    windows = random_windows(data, idx, 8, torch.Generator().manual_seed(3))
+    assert windows.shape == (120, 1, 8, 8)
+    for i, window in zip(idx.tolist(), windows):
+        corner = int(window[0, 0, 0])
+        n, top, left = corner // 10000, corner // 100 % 100, corner % 100
+        assert n == i and top + 8 <= 20 and left + 8 <= 24
+        assert torch.equal(window, data[n, :, top : top + 8, left : left + 8])
+    tops, lefts = windows[:, 0, 0, 0] // 100 % 100, windows[:, 0, 0, 0] % 100
+    # The extreme positions are drawn too.
+    assert {0, 12} <= set(tops.int().tolist()) and {0, 16} <= set(lefts.int().tolist())
+    again = random_windows(data.numpy().astype(np.float32), idx, 8, torch.Generator().manual_seed(3))
+    assert torch.equal(windows, again)
+    assert not torch.equal(windows, random_windows(data, idx, 8, torch.Generator().manual_seed(4)))
+
+
+def _patch_cfg(steps, patch_size=8):
+    return TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup=2, checkpoint_every=3, log_every=1, seed=5,
+                       patch_size=patch_size)
+
+
+def _native_data():
+    return torch.randn(3, 2, 20, 24, generator=torch.Generator().manual_seed(1)) * 0.5
+
+
+def test_resumed_patch_run_equals_uninterrupted_run(tmp_path):
+    whole = train(_net(), _native_data(), tmp_path / "whole", _patch_cfg(6))
+    train(_net(), _native_data(), tmp_path / "parts", _patch_cfg(3))
+    resumed = train(_net(), _native_data(), tmp_path / "parts", _patch_cfg(6))
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    cfg = _patch_cfg(6)
+    cfg.seed = 6
+    other = train(_net(), _native_data(), tmp_path / "other", cfg)
+    assert any(not torch.equal(a, b) for a, b in zip(whole.parameters(), other.parameters()))
+
+
+@pytest.mark.parametrize("patch_size, message", [
+    (24, r"expected at most the images' size 20 x 24, got 24"),
+    (7, r"expected a multiple of the network's size_multiple 2, got 7"),
+    (12, r"12, but the network declares a training size of 8 x 8; build it with img_resolution=12"),
+])
+def test_train_refuses_a_patch_size_the_data_or_network_cannot_take(patch_size, message, tmp_path):
+    with pytest.raises(ValueError, match=rf"train\.patch_size: {message}"):
+        train(_net(), _native_data(), tmp_path, _patch_cfg(1, patch_size))
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_patch_prior_says_so_and_warns_only_below_its_patch_size(tmp_path):
+    prior = edm_unet(in_channels=2, seed=0, patches=True, **TINY)
+    save_prior(tmp_path / "p.pt", prior)
+    loaded = load_prior(tmp_path / "p.pt")
+    assert loaded.patches and loaded.shape == (2, 8, 8) and loaded.config["patches"] is True
+    assert "patches" not in edm_unet(in_channels=2, seed=0, **TINY).config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_below_training_size(loaded, (1, 2, 64, 96))
+    with pytest.warns(UserWarning, match=r"trained on 8 x 8 patches, run on 2 x 64"):
+        _warn_below_training_size(loaded, (1, 2, 2, 64))
+
+
+def test_train_script_trains_a_patch_prior_on_larger_images(tmp_path):
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "train.npy", _native_data().numpy())
+    overrides = [
+        f"data={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", f"export={tmp_path / 'prior.pt'}",
+        "threads=1", "network.channels=8", "network.channel_mult=[1,2]", "network.num_blocks=1",
+        "network.attn_resolutions=[]", "+network.num_groups=4", "train.steps=1", "train.batch_size=2",
+        "train.patch_size=8", "train.checkpoint_every=1", "samples.every=1", "samples.count=1",
+        "samples.steps=2",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=overrides)
+    _train_script()(cfg)
+    prior = load_prior(tmp_path / "prior.pt")
+    assert prior.patches and prior.shape == (2, 8, 8) and prior.model.config["img_resolution"] == 8
+    assert prior(torch.zeros(1, 2, 20, 24), 1.0).shape == (1, 2, 20, 24)  # runs on the whole images
+    assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["config"]["patch_size"] == 8

@@ -280,6 +280,9 @@ class EDMDenoiser(_Adapter):
         shape: ``(C, H, W)`` the prior was trained at, if known (it runs at other sizes too, see
             ``size_multiple``).
         sigma_min, sigma_max: the trained noise range, in the network's units.
+        patches: ``shape`` is the size of the random windows the network was trained on
+            (:attr:`~invdiff.priors.base.Denoiser.patches`); recorded in :attr:`config` only when
+            true, so whole-image priors describe themselves as before.
     """
 
     kind = "edm"
@@ -294,8 +297,12 @@ class EDMDenoiser(_Adapter):
         shape: tuple[int, int, int] | None = None,
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
+        patches: bool = False,
     ):
         super().__init__(model, data_scale=data_scale, data_shift=data_shift, shape=shape)
+        if not isinstance(patches, bool):
+            raise ValueError(f"patches: expected true or false, got {patches!r}")
+        self.patches = patches
         if not float(sigma_data) > 0:
             raise ValueError(f"sigma_data: expected a positive number, got {sigma_data}")
         self.sigma_data = float(sigma_data)
@@ -309,6 +316,7 @@ class EDMDenoiser(_Adapter):
             "sigma_data": self.sigma_data,
             "sigma_min": self.sigma_min * self.data_scale,
             "sigma_max": self.sigma_max * self.data_scale,
+            **({"patches": True} if self.patches else {}),
         }
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:

@@ -48,6 +48,9 @@ class Denoiser(nn.Module):
     Attributes:
         shape: ``(C, H, W)`` of the images the prior models (for a network, its training size),
             or ``None`` when it does not say.
+        patches: ``shape`` is the size of random windows of larger images the network was trained
+            on (patch training, :mod:`invdiff.training`), not of whole images: the prior models
+            images of any size at that pixel scale.
         sigma_min: the smallest noise level the prior was trained for.
         sigma_max: the largest noise level the prior was trained for.
         size_multiple: the prior runs at any ``H, W`` that are multiples of this (a UNet with
@@ -64,6 +67,7 @@ class Denoiser(nn.Module):
     """
 
     shape: tuple[int, int, int] | None = None
+    patches: bool = False
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     size_multiple: int | None = 1

@@ -292,7 +292,13 @@ class UNet(nn.Module):
 
 
 def edm_unet(
-    sigma_data: float = 0.5, *, data_scale: float = 1.0, data_shift: float = 0.0, seed: int = 0, **config
+    sigma_data: float = 0.5,
+    *,
+    data_scale: float = 1.0,
+    data_shift: float = 0.0,
+    seed: int = 0,
+    patches: bool = False,
+    **config,
 ) -> EDMDenoiser:
     """A :class:`UNet` under EDM preconditioning, its initial weights drawn from ``seed``.
 
@@ -301,6 +307,8 @@ def edm_unet(
         data_scale, data_shift: the affine map from the caller's data to the network's range.
         seed: seeds the generator of the initial weights (:meth:`UNet.reset_parameters`); the
             same seed gives the same network, and the global RNG's state is left as it was.
+        patches: the network is trained on ``img_resolution``-sized windows of larger images
+            (:attr:`~invdiff.priors.base.Denoiser.patches`).
         **config: :class:`UNet` arguments (``in_channels`` required).
 
     Returns:
@@ -318,6 +326,7 @@ def edm_unet(
         data_scale=data_scale,
         data_shift=data_shift,
         shape=(net.config["in_channels"], res, res),
+        patches=patches,
     )
 
 
