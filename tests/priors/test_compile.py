@@ -79,3 +79,23 @@ def test_a_batch_run_compiles_the_prior_and_gives_the_same_rows(monkeypatch, tmp
     assert [r["method"] for r in compiled] == [r["method"] for r in plain]
     for a, b in zip(plain, compiled):
         assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-3), (a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_inductor_on_cuda_matches_the_network_in_a_sampler(prior, mode):
+    cuda = torch.device("cuda")
+    denoiser = prior.to(cuda)
+    compiled = with_compile(denoiser, mode)
+    x = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(0)).to(cuda)
+    with torch.no_grad():
+        outs = [compiled(x, sigma) for sigma in (0.5, 0.2)]  # the first is overwritten in CUDA-graph memory
+        refs = [denoiser(x, sigma) for sigma in (0.5, 0.2)]
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+    problem = mri(size=64, coils=4, image="phantom")
+    method = Method("dds", sampler="dds", steps=3)
+    plain, _ = run_method(method, problem, prior, generator=torch.Generator().manual_seed(0), device=cuda)
+    fast, _ = run_method(method, problem, prior, generator=torch.Generator().manual_seed(0), device=cuda,
+                         compile_mode=mode)
+    torch.testing.assert_close(fast, plain, rtol=1e-3, atol=1e-3)
