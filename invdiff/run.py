@@ -36,7 +36,7 @@ from torch import Tensor
 
 from invdiff.fileio import atomic_save_npy, atomic_write, atomic_write_text, json_safe
 from invdiff.priors.base import Denoiser
-from invdiff.priors.precision import COMPILE_MODES, PRECISIONS, with_compile, with_precision
+from invdiff.priors.precision import PRECISIONS, compile_mode_name, with_compile, with_precision
 from invdiff.problems.base import Problem
 from invdiff.samplers import BASELINES, SAMPLERS
 from invdiff.schedules import SCHEDULES, make_sigmas
@@ -134,7 +134,8 @@ class Method:
 
     @classmethod
     def from_sampler_config(cls, entry: Mapping, where: str = "sampler") -> Method:
-        """A sampler from a ``configs/sampler/*.yaml`` entry: ``{name, steps, schedule, schedule_params, params}``."""
+        """A sampler from a ``configs/sampler/*.yaml`` entry:
+        ``{name, steps, schedule, schedule_params, params}``."""
         entry = dict(entry)
         if "name" not in entry:
             raise ValueError(f"{where}.name: expected the sampler's name, got the keys {sorted(entry)}")
@@ -241,8 +242,7 @@ def run_method(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not isinstance(compile_mode, bool) and compile_mode not in COMPILE_MODES:
-        raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)} or a boolean, got {compile_mode!r}")
+    compile_mode = compile_mode_name(compile_mode)
     device = resolve_device(device)
     start = time.perf_counter()
     op, y = problem.op.to(device=device), problem.y.to(device)

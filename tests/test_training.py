@@ -49,12 +49,18 @@ def test_training_lowers_the_loss_and_logs(tmp_path):
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    whole = train(_net(), _data(), tmp_path / "whole", _cfg(6))
-    train(_net(), _data(), tmp_path / "parts", _cfg(3))
-    resumed = train(_net(), _data(), tmp_path / "parts", _cfg(6))
+def _resume_equals_whole(data, cfg, tmp_path):
+    """Train 6 steps at once and 3 + 3 with a resume; assert equal weights; return the whole run's network."""
+    whole = train(_net(), data, tmp_path / "whole", cfg(6))
+    train(_net(), data, tmp_path / "parts", cfg(3))
+    resumed = train(_net(), data, tmp_path / "parts", cfg(6))
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+    return whole
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    _resume_equals_whole(_data(), _cfg, tmp_path)
     state = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 6
 
@@ -221,11 +227,7 @@ def _native_data():
 
 
 def test_resumed_patch_run_equals_uninterrupted_run(tmp_path):
-    whole = train(_net(), _native_data(), tmp_path / "whole", _patch_cfg(6))
-    train(_net(), _native_data(), tmp_path / "parts", _patch_cfg(3))
-    resumed = train(_net(), _native_data(), tmp_path / "parts", _patch_cfg(6))
-    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(a, b)
+    whole = _resume_equals_whole(_native_data(), _patch_cfg, tmp_path)
     cfg = _patch_cfg(6)
     cfg.seed = 6
     other = train(_net(), _native_data(), tmp_path / "other", cfg)

@@ -218,7 +218,8 @@ def timing_row(case: TimingCase, problem: Problem, prior: Denoiser, device: torc
     achieved = nfe * slices * tflop / seconds
     row = {"case": case.name, "precision": case.precision, "slice_batch": case.slice_batch,
            "compile": case.compile, "nfe": nfe, "warmup_s": warmup, "seconds": seconds,
-           "s_per_slice": seconds / slices, "ms_per_nfe_slice": 1e3 * seconds / (nfe * slices) if nfe else None,
+           "s_per_slice": seconds / slices,
+           "ms_per_nfe_slice": 1e3 * seconds / (nfe * slices) if nfe else None,
            "peak_mib": memory.peak_mib, "tflops": achieved, "finite": bool(torch.isfinite(x).all())}
     if peak is not None:
         row["of_peak"] = achieved / peak["fp32" if case.precision == "fp32" else case.precision]
@@ -299,9 +300,9 @@ def run_command(args: Sequence[str], *, timeout_s: float, cwd: str | Path | None
     try:
         done = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
         rc, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as err:
-        rc, output = "timeout", (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) \
-            else (err.stdout or "")
+    except subprocess.TimeoutExpired as err:  # its output may be bytes even with text=True
+        partial = err.stdout or ""
+        rc, output = "timeout", partial.decode(errors="replace") if isinstance(partial, bytes) else partial
     return {"rc": rc, "seconds": time.perf_counter() - start, "tail": output.strip().splitlines()[-15:]}
 
 

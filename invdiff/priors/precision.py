@@ -171,7 +171,7 @@ class CompiledDenoiser(WrappedDenoiser):
 
     def __init__(self, denoiser: Denoiser, mode: str = "default", backend: str = "inductor"):
         if mode not in COMPILE_MODES[1:]:
-            raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+            raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES[1:])}, got {mode!r}")
         super().__init__(denoiser)
         self.mode, self.backend = mode, backend
         # a compiled bound method, not a module attribute: the weights stay registered once
@@ -185,6 +185,20 @@ class CompiledDenoiser(WrappedDenoiser):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, backend={self.backend!r}"
+
+
+def compile_mode_name(mode: str | bool) -> str:
+    """``mode`` as one of :data:`COMPILE_MODES`: ``False`` is ``"off"``, ``True`` ``"default"``
+    (YAML booleans in a config).
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`COMPILE_MODES` or a boolean.
+    """
+    if isinstance(mode, bool):
+        return "default" if mode else "off"
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)} or a boolean, got {mode!r}")
+    return mode
 
 
 def with_compile(denoiser: Denoiser, mode: str | bool = "off") -> Denoiser:
@@ -202,10 +216,7 @@ def with_compile(denoiser: Denoiser, mode: str | bool = "off") -> Denoiser:
     Raises:
         ValueError: ``mode`` is not one of :data:`COMPILE_MODES` or a boolean.
     """
-    if isinstance(mode, bool):
-        mode = "default" if mode else "off"
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile: expected one of {', '.join(COMPILE_MODES)} or a boolean, got {mode!r}")
+    mode = compile_mode_name(mode)
     if isinstance(denoiser, CompiledDenoiser):
         denoiser = denoiser.denoiser
     return denoiser if mode == "off" else CompiledDenoiser(denoiser, mode)
