@@ -197,6 +197,25 @@ def check_weights(w: Tensor, name: str, *, at_most: float | None = None, hint: s
         )
 
 
+def regulariser(lam: float | Tensor, b: Tensor, name: str = "lam") -> float | Tensor:
+    r"""``lam`` checked (finite, ``> 0``) and shaped to broadcast against ``b``, ``(B, ...)``:
+    a Python float, or for a ``(B,)`` tensor a ``(B, 1, ..., 1)`` one in ``b``'s real dtype."""
+    if isinstance(lam, Tensor) and lam.numel() != 1:
+        if lam.ndim != 1 or lam.shape[0] != b.shape[0] or lam.is_complex():
+            raise ValueError(
+                f"{name}: expected a positive number or a real (B,) tensor with B = {b.shape[0]}, "
+                f"got shape {tuple(lam.shape)}"
+            )
+        lam = lam.to(device=b.device, dtype=real_dtype(b.dtype))
+        if not bool(((lam > 0) & torch.isfinite(lam)).all()):
+            raise ValueError(f"{name}: expected finite values > 0, got {lam.tolist()}")
+        return lam.reshape(-1, *([1] * (b.ndim - 1)))
+    value = float(lam) if isinstance(lam, (numbers.Real, Tensor)) and not isinstance(lam, bool) else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a finite number > 0 or a (B,) tensor, got {lam!r}")
+    return value
+
+
 def _move(value, device, dtype):
     if isinstance(value, Tensor):
         if dtype is None or not (value.is_floating_point() or value.is_complex()):
@@ -285,6 +304,40 @@ class LinearOperator(Operator):
         x, _ = conjugate_gradient(self.normal, self.AT(y), max_iter=max_iter, tol=tol)
         return x
 
+    @half_in_single_precision
+    def solve_normal(self, b: Tensor, lam: float | Tensor, *, max_iter: int = 100, tol: float = 1e-6) -> Tensor:
+        r"""Solve :math:`(A^H A + \lambda I)\, x = b` per sample: the regularised normal equations
+        behind proximal data steps, Gaussian conditioning and Woodbury identities.
+
+        The default runs conjugate gradient from zero (``max_iter``, ``tol`` as in
+        :func:`operators.cg.conjugate_gradient`); operators whose normal operator is diagonal in a
+        known basis override it with a closed form (:attr:`has_closed_form_solve`), which ignores
+        ``max_iter`` and ``tol``.
+
+        Args:
+            b: the right-hand side, the unknown's shape ``(B, ...)``, finite.
+            lam: :math:`\lambda > 0`, a number or a ``(B,)`` tensor (one per sample).
+            max_iter, tol: conjugate gradient's iteration limit and relative tolerance.
+
+        Returns:
+            ``x``, the shape of ``b``.
+
+        Raises:
+            ValueError: ``lam`` is not positive and finite, or not one value per sample; ``b``
+                holds NaN or infinite values.
+        """
+        from operators.cg import conjugate_gradient
+
+        check_finite(b, "b")
+        shift = regulariser(lam, b)
+        x, _ = conjugate_gradient(lambda v: self.normal(v) + shift * v, b, max_iter=max_iter, tol=tol)
+        return x
+
+    @property
+    def has_closed_form_solve(self) -> bool:
+        """Whether :meth:`solve_normal` is a closed form (``False``: conjugate gradient)."""
+        return False
+
     @property
     def adjoint(self) -> LinearOperator:
         """The adjoint as an operator: ``op.adjoint.A == op.AT``."""
@@ -332,6 +385,26 @@ class LinearComposition(LinearOperator, Composition):
         return x
 
 
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        r"""Closed form when every operator but the outermost is a real isometric bijection
+        (:class:`RealToComplex`, :class:`Identity`) and the outermost has one:
+        :math:`(R^T M R + \lambda I)^{-1} = R^T (M + \lambda I)^{-1} R`; conjugate gradient otherwise."""
+        if not self.has_closed_form_solve:
+            return super().solve_normal(b, lam, **kwargs)
+        outer, inner = self.ops[0], self.ops[1:]
+        for op in reversed(inner):
+            b = op.A(b)
+        x = outer.solve_normal(b, lam, **kwargs)
+        for op in inner:
+            x = op.AT(x)
+        return x
+
+    @property
+    def has_closed_form_solve(self) -> bool:
+        outer, inner = self.ops[0], self.ops[1:]
+        return outer.has_closed_form_solve and all(getattr(op, "is_bijective_isometry", False) for op in inner)
+
+
 class Sum(LinearOperator):
     """``A1 + A2 + ...``: all terms take the same input and give outputs of the same shape."""
 
@@ -367,6 +440,17 @@ class Scaled(LinearOperator):
 
     def normal(self, x: Tensor) -> Tensor:
         return abs(self.scalar) ** 2 * self.op.normal(x)
+
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        r""":math:`(|c|^2 A^H A + \lambda)^{-1} b = (A^H A + \lambda/|c|^2)^{-1} b / |c|^2`."""
+        c2 = abs(self.scalar) ** 2
+        if c2 == 0:
+            return b / regulariser(lam, b)
+        return self.op.solve_normal(b, regulariser(lam, b) / c2, **kwargs) / c2
+
+    @property
+    def has_closed_form_solve(self) -> bool:
+        return abs(self.scalar) == 0 or self.op.has_closed_form_solve
 
     def __repr__(self) -> str:
         return f"{self.scalar} * {self.op!r}"
@@ -405,6 +489,13 @@ class Identity(LinearOperator):
         check_finite(y, "y")
         return y
 
+    is_bijective_isometry = True
+    has_closed_form_solve = True
+
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        check_finite(b, "b")
+        return b / (1 + regulariser(lam, b))
+
     def __repr__(self) -> str:
         return "Identity()"
 
@@ -436,6 +527,13 @@ class Multiply(LinearOperator):
         w = cast_like(self.weights, y)
         safe = torch.where(w != 0, w, torch.ones_like(w))
         return torch.where(w != 0, y / safe, torch.zeros_like(y))
+
+    has_closed_form_solve = True
+
+    @half_in_single_precision
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        check_finite(b, "b")
+        return b / (cast_like(self.weights, b).abs().square() + regulariser(lam, b))
 
     def __repr__(self) -> str:
         return f"Multiply(shape={tuple(self.weights.shape)})"
@@ -475,6 +573,14 @@ class RealToComplex(LinearOperator):
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         check_finite(y, "y")
         return self.AT(y)
+
+    is_bijective_isometry = True
+    """:math:`A^T A = I` and :math:`A A^T = I`: compositions through it keep closed-form solves."""
+    has_closed_form_solve = True
+
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        check_finite(b, "b")
+        return b / (1 + regulariser(lam, b))
 
     def __repr__(self) -> str:
         return "RealToComplex()"
@@ -531,6 +637,15 @@ class CenterCrop(LinearOperator):
     def pinv(self, y: Tensor, **kwargs) -> Tensor:
         check_finite(y, "y")
         return self.AT(y)
+
+    has_closed_form_solve = True
+
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        check_tensor(b, "b", ndim=4, shape=self.in_size)
+        check_finite(b, "b")
+        shift = regulariser(lam, b)
+        inside = torch.nn.functional.pad(torch.ones_like(b[..., self._rows, self._cols]), self._pad)
+        return b / (inside + shift)
 
     def __repr__(self) -> str:
         return f"CenterCrop(in_size={self.in_size}, out_size={self.out_size})"
@@ -629,6 +744,33 @@ class Matrix(LinearOperator):
         M = cast_like(self.matrix, y)
         dtype = torch.promote_types(y.dtype, M.dtype)
         return (y.to(dtype) @ M.to(dtype).conj()).reshape(y.shape[0], *self.in_shape)
+
+    has_closed_form_solve = True
+
+    @half_in_single_precision
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        r"""A dense solve: :math:`(M^H M + \lambda I)^{-1}` directly for ``n <= m``, else by
+        Woodbury, :math:`(b - M^H (M M^H + \lambda I)^{-1} M b) / \lambda` (an ``m × m`` system)."""
+        check_tensor(b, "b", shape=self.in_shape)
+        check_finite(b, "b")
+        shift = regulariser(lam, b)
+        shift = shift.reshape(-1, 1, 1) if isinstance(shift, Tensor) else shift
+        M = cast_like(self.matrix, b)
+        dtype = torch.promote_types(b.dtype, M.dtype)
+        M, flat = M.to(dtype), b.reshape(b.shape[0], -1, 1).to(dtype)
+        m, n = M.shape
+        if not b.is_complex() and M.is_complex():
+            # A real unknown: the normal operator is Re(M^H M), linear over the reals.
+            gram = (M.mH @ M).real
+            x = torch.linalg.solve(gram + shift * torch.eye(n, dtype=gram.dtype, device=b.device), b.reshape(b.shape[0], -1, 1))
+        elif n <= m:
+            gram = M.mH @ M
+            x = torch.linalg.solve(gram + shift * torch.eye(n, dtype=dtype, device=b.device), flat)
+        else:
+            gram = M @ M.mH
+            z = torch.linalg.solve(gram + shift * torch.eye(m, dtype=dtype, device=b.device), M @ flat)
+            x = (flat - M.mH @ z) / shift
+        return x.reshape(b.shape)
 
     def __repr__(self) -> str:
         return f"Matrix({tuple(self.matrix.shape)})"

@@ -18,6 +18,7 @@ from operators.base import (
     check_tensor,
     check_weights,
     half_in_single_precision,
+    regulariser,
 )
 
 
@@ -74,6 +75,15 @@ class Inpainting(LinearOperator):
         check_finite(y, "y")
         observed = m != 0
         return torch.where(observed, y / torch.where(observed, m, torch.ones_like(m)), torch.zeros_like(y))
+
+    has_closed_form_solve = True
+
+    @half_in_single_precision
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        r""":math:`b / (m^2 + \lambda)`, pixel by pixel."""
+        m = self._mask(b, "b")
+        check_finite(b, "b")
+        return b / (m.square() + regulariser(lam, b))
 
     def __repr__(self) -> str:
         return f"Inpainting(mask={tuple(self.mask.shape)}, observed={float((self.mask != 0).float().mean()):.3f})"

@@ -42,6 +42,7 @@ from operators.base import (
     check_weights,
     in_single_precision,
     half_in_single_precision,
+    regulariser,
 )
 
 
@@ -153,6 +154,11 @@ class _Sampling(LinearOperator):
         dim = self.filter_dim
         return torch.fft.ifft(torch.fft.fft(z, dim=dim).mul_(cast_like(self.filter, z)), dim=dim)
 
+    def solve_normal(self, z: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        r""":math:`(A^H A + \lambda)^{-1} z = \mathcal F^{-1}(\mathcal F z / (m^2 + \lambda))` (``post`` has unit modulus)."""
+        power = cast_like(self.mask, z).square()
+        return torch.fft.ifft2(torch.fft.fft2(z) / (power + regulariser(lam, z)))
+
     def pinv_weights(self) -> Tensor:
         """``v`` with ``pinv(y) = conj(pre) * F^H(v * y)``: ``conj(w) / mask^2`` where sampled."""
         sampled = self.mask != 0
@@ -221,6 +227,16 @@ class SingleCoilMRI(LinearOperator):
         check_finite(y, "y")
         v = self._sampling.pinv_weights()
         return self._sampling._adjoint(y, v).mul_(cast_like(self._pre, y).conj())
+
+    has_closed_form_solve = True
+
+    @half_in_single_precision
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        r""":math:`\mathcal F_c^{-1}\big(\mathcal F_c b / (m^2 + \lambda)\big)`: the centred FFT's ramps have unit modulus."""
+        self._check(b, "b")
+        check_finite(b, "b")
+        pre = cast_like(self._pre, b)
+        return self._sampling.solve_normal(pre * b, lam).mul_(pre.conj())
 
     def __repr__(self) -> str:
         return f"SingleCoilMRI(mask={tuple(self.mask.shape)}, acceleration={_acceleration(self.mask):.2f})"

@@ -15,7 +15,14 @@ import math
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator, check_finite, check_tensor, half_in_single_precision, real_dtype
+from operators.base import (
+    LinearOperator,
+    check_finite,
+    check_tensor,
+    half_in_single_precision,
+    real_dtype,
+    regulariser,
+)
 
 KERNELS = ("box", "bicubic", "gaussian")
 
@@ -151,6 +158,20 @@ class SuperResolution(LinearOperator):
         q_inv = torch.where(keep, 1.0 / torch.where(keep, q, torch.ones_like(q)), torch.zeros_like(q))
         z = torch.fft.ifft2(torch.fft.fft2(y) * q_inv)
         return self.AT(z if y.is_complex() else z.real)
+
+    has_closed_form_solve = True
+
+    @half_in_single_precision
+    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
+        r"""By Woodbury, :math:`(A^T A + \lambda)^{-1} b = \big(b - A^T (A A^T + \lambda)^{-1} A b\big) / \lambda`,
+        with :math:`A A^T` diagonal in the Fourier basis of the low-resolution grid."""
+        self._check_x(b)
+        check_finite(b, "b")
+        shift = regulariser(lam, b)
+        Ab = self.A(b)
+        q = self._gram_spectrum(*Ab.shape[-2:], Ab)
+        z = torch.fft.ifft2(torch.fft.fft2(Ab) / (q + shift))
+        return (b - self.AT(z if Ab.is_complex() else z.real)) / shift
 
     def __repr__(self) -> str:
         return f"SuperResolution(factor={self.factor}, kernel={self.kernel!r})"

@@ -71,6 +71,13 @@ def multicoil_real2ch(dtype, device):
     return op, _randn((2, 2, H, W), dtype, device, 12)
 
 
+def single_real2ch(dtype, device):
+    """``SingleCoilMRI @ RealToComplex`` on a weighted 2D mask: closed-form solves through the embedding."""
+    H, W = 16, 15
+    mask = (_randn((H, W), dtype, device, 16) > 0).to(dtype) * (1 + _randn((H, W), dtype, device, 17).abs())
+    return SingleCoilMRI(mask) @ RealToComplex(), _randn((3, 4, H, W), dtype, device, 18)
+
+
 def multicoil_padded(dtype, device):
     """``MultiCoilMRI @ CenterCrop``: an unknown padded to (24, 24) measured on its (19, 21) centre."""
     H, W = 19, 21
@@ -81,6 +88,7 @@ def multicoil_padded(dtype, device):
 
 CASES = {
     "mri_single": single,
+    "mri_single_real2ch": single_real2ch,
     "mri_multicoil_lines": multicoil_lines,
     "mri_multicoil_lines_even": multicoil_lines_even,
     "mri_multicoil_poisson": multicoil_poisson,

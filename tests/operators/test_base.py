@@ -5,6 +5,7 @@ from operators.base import (
     Identity,
     LinearOperator,
     Multiply,
+    Matrix,
     Operator,
     RealToComplex,
     adjointness_error,
@@ -103,3 +104,21 @@ def test_real_to_complex_rejects_bad_input():
 def test_matmul_with_non_operator_is_a_type_error():
     with pytest.raises(TypeError):
         PhaseRetrieval() @ torch.zeros(2)
+
+
+@pytest.mark.parametrize("m, n", [(3, 7), (7, 3)], ids=["wide", "tall"])
+@pytest.mark.parametrize("kind", ["real", "complex", "complex_matrix_real_x"])
+def test_matrix_and_scaled_solve_normal_against_dense(m, n, kind, generator):
+    r"""``Matrix.solve_normal`` (direct or Woodbury) and ``Scaled``'s against a dense solve of
+    :math:`(\operatorname{Re}?(M^H M) + \lambda I) x = b`."""
+    complex_matrix = kind != "real"
+    dtype = torch.complex128 if complex_matrix else torch.float64
+    M = torch.randn(m, n, dtype=dtype, generator=generator)
+    x_dtype = torch.complex128 if kind == "complex" else torch.float64
+    b = torch.randn(2, n, dtype=x_dtype, generator=generator)
+    gram = M.mH @ M
+    gram = gram.real if kind == "complex_matrix_real_x" else gram
+    for op, scale in ((Matrix(M), 1.0), (2.0 * Matrix(M), 4.0)):
+        assert op.has_closed_form_solve
+        expected = torch.linalg.solve(scale * gram + 0.3 * torch.eye(n, dtype=gram.dtype), b.T).T
+        assert torch.allclose(op.solve_normal(b, 0.3), expected, atol=1e-10)

@@ -114,3 +114,26 @@ def test_cuda_matches_cpu(name):
     y = op.A(x)
     torch.testing.assert_close(op.A(x.to(cuda)).cpu(), y)
     torch.testing.assert_close(op.to(cuda).AT(y.to(cuda)).cpu(), op.AT(y))
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["scalar", "per_sample"])
+def test_solve_normal(name, per_sample, generator):
+    r"""``solve_normal`` solves :math:`(A^H A + \lambda I) x = b`; a closed form agrees with
+    conjugate gradient (the base class's method)."""
+    op, x = LINEAR_CASES[name](torch.float64, torch.device("cpu"))
+    b = _randn_like(x, generator)
+    lam = torch.linspace(0.2, 2.0, x.shape[0], dtype=torch.float64) if per_sample else 0.7
+    shift = lam.reshape(-1, *([1] * (x.ndim - 1))) if per_sample else lam
+    solution = op.solve_normal(b, lam, max_iter=500, tol=1e-13)
+    assert solution.shape == b.shape and solution.dtype == b.dtype
+    assert _rel(op.normal(solution) + shift * solution, b) < 1e-9
+    if op.has_closed_form_solve:
+        reference = LinearOperator.solve_normal(op, b, lam, max_iter=500, tol=1e-13)
+        assert _rel(solution, reference) < 1e-9
+
+
+@pytest.mark.parametrize("lam", [0.0, -1.0, float("nan"), float("inf"), "1", torch.ones(7)], ids=str)
+def test_solve_normal_rejects_bad_lam(name, lam):
+    op, x = LINEAR_CASES[name](torch.float64, torch.device("cpu"))
+    with pytest.raises(ValueError, match="lam"):
+        op.solve_normal(torch.ones_like(x), lam)
