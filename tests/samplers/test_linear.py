@@ -13,22 +13,12 @@ from tests.samplers import seeded
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
 
-def _dense(op, n):
-    """The operator's matrix on flattened real unknowns of ``n`` entries (complex outputs stacked)."""
-    columns = [op.A(torch.eye(n, dtype=torch.float64)[i].reshape(1, *op_shape(op, n))) for i in range(n)]
-    return torch.stack([c.reshape(-1) for c in columns], dim=1)
-
-
-def op_shape(op, n):
-    return getattr(op, "in_shape", (n,))
-
-
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_solve_gram_is_the_inverse_covariance(complex_):
     g = seeded(0)
     dtype = torch.complex128 if complex_ else torch.float64
     M = torch.randn(4, 6, dtype=dtype, generator=g)
-    op = Matrix(M) if not complex_ else Matrix(M)
+    op = Matrix(M)
     r = torch.randn(2, 4, dtype=dtype, generator=g)
     got = solve_gram(op, r, 0.7, torch.tensor([0.1, 2.0], dtype=torch.float64))
     for i, b in enumerate((0.1, 2.0)):
