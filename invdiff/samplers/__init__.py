@@ -29,7 +29,14 @@ from invdiff.samplers.dps import sample_dps
 from invdiff.samplers.mbir import sample_dds3d, sample_diffusion_mbir, sample_diffusion_mbir_paper
 from invdiff.samplers.reddiff import sample_reddiff
 from invdiff.samplers.smc import sample_afdps, sample_smc_ensemble, sample_tds
-from invdiff.samplers.unconditional import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
+from invdiff.samplers.unconditional import (
+    sample_ddim,
+    sample_deis,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_heun,
+    sample_unipc,
+)
 
 SAMPLERS: dict[str, Callable] = {
     "dps": sample_dps,
@@ -50,6 +57,8 @@ UNCONDITIONAL: dict[str, Callable] = {
     "euler": sample_euler,
     "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m,
+    "unipc": sample_unipc,
+    "deis": sample_deis,
 }
 BASELINES: dict[str, Callable] = {
     "adjoint": adjoint_baseline,
@@ -89,6 +98,7 @@ __all__ = [
     "postlog_fbp",
     "sample_dds",
     "sample_ddim",
+    "sample_deis",
     "sample_deepinv_diffpir",
     "sample_deepinv_dps",
     "sample_dds3d",
@@ -102,6 +112,7 @@ __all__ = [
     "sample_afdps",
     "sample_smc_ensemble",
     "sample_tds",
+    "sample_unipc",
     "tv",
     "zero_filled",
 ]

@@ -52,7 +52,7 @@ def _batch(y: torch.Tensor, B: int = 4) -> torch.Tensor:
 
 def test_registries_and_get_sampler():
     assert set(SAMPLERS) == set(STEPS)
-    assert set(UNCONDITIONAL) == {"ddim", "euler", "heun", "dpmpp_2m"}
+    assert set(UNCONDITIONAL) == {"ddim", "euler", "heun", "dpmpp_2m", "unipc", "deis"}
     assert set(BASELINES) == {
         "adjoint", "cg", "pinv", "fbp", "postlog_fbp", "error_reduction", "zero_filled", "l1_wavelet", "tv"
     }
