@@ -13,6 +13,11 @@
 ``python scripts/report.py <run folder> --beside <other run folder>`` also prints the two runs'
 PSNR and SSIM side by side per setting and method (:func:`side_by_side`), e.g. a run without
 oracle information beside the oracle's upper bound.
+
+``python scripts/report.py --compare <run folder> [<run folder> ...] --out <folder>`` writes one
+table over several runs in the manner of InverseBench (:func:`compare_runs`): a row per method,
+PSNR and SSIM per run and setting, NFE, seconds per slice and the mean PSNR rank, with
+``quality_vs_nfe.png`` beside it.
 """
 
 from __future__ import annotations
@@ -189,3 +194,103 @@ def side_by_side(run_dir: Path, other_dir: Path, labels: tuple[str, str] | None 
     notes = [f"- {labels[i]}: {note}" for i, summary in enumerate((first, second)) for note in summary.get("notes", [])]
     return "\n".join(lines + ([""] + notes if notes else []))
 
+
+
+def _ranks(values: dict[str, float]) -> dict[str, float]:
+    """Rank 1 for the largest value, ties sharing their mean rank; NaN ranks last."""
+    order = sorted(values, key=lambda k: -values[k] if math.isfinite(values[k]) else math.inf)
+    ranks: dict[str, float] = {}
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def plot_quality_vs_nfe(columns: list[tuple[str, dict]]) -> bytes:
+    """PSNR against network evaluations, one panel per (run, setting); baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(m for _, entries in columns for m in entries))
+    colours = {m: f"C{k % 10}" for k, m in enumerate(methods)}
+    markers = {m: "os^vDP*Xhp<>"[k // 10 % 12] for k, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.0 * len(columns), 3.6), squeeze=False)
+    for ax, (title, entries) in zip(axes[0], columns):
+        for method, e in entries.items():
+            if not math.isfinite(e["psnr"]):
+                continue
+            if e["nfe"] > 0:
+                ax.plot([e["nfe"]], [e["psnr"]], markers[method], color=colours[method], label=method)
+            else:
+                ax.axhline(e["psnr"], ls="--", lw=1, color=colours[method], label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per slice")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path) -> str:
+    """One table over several batch runs, InverseBench's layout: a row per method, PSNR / SSIM per
+    (run, setting), the method's NFE and mean seconds per slice, and its mean PSNR rank over the
+    columns where it ran. Writes ``compare.md`` and ``quality_vs_nfe.png`` into ``out_dir``.
+
+    Args:
+        run_dirs: the batch runs' folders (each the ``out_dir`` of a benchmark), e.g. an MRI and a CT run.
+        out_dir: where the table and the figure go (created).
+
+    Returns:
+        the markdown table.
+    """
+    columns: list[tuple[str, dict]] = []
+    for run_dir in run_dirs:
+        summary = load_summary(Path(run_dir))
+        for setting in dict.fromkeys(e["setting"] for e in summary["methods"]):
+            entries = {e["method"]: e for e in summary["methods"] if e["setting"] == setting}
+            columns.append((f"{Path(run_dir).name}: {setting}", entries))
+    if not columns:
+        raise ValueError(f"run folders: {[str(r) for r in run_dirs]} hold no finished slices yet")
+    methods = list(dict.fromkeys(m for _, entries in columns for m in entries))
+    ranks = [_ranks({m: e["psnr"] for m, e in entries.items()}) for _, entries in columns]
+    header = "| method | NFE | " + " | ".join(f"{t} PSNR / SSIM" for t, _ in columns) + " | s / slice | mean rank |"
+    lines = [header, "|---|---:|" + "---:|" * len(columns) + "---:|---:|"]
+    rows = []
+    for method in methods:
+        cells, seconds, nfes, method_ranks = [], [], set(), []
+        for (_, entries), column_ranks in zip(columns, ranks):
+            e = entries.get(method)
+            if e is None:
+                cells.append("–")
+                continue
+            cells.append(f"{e['psnr']:.2f} / {e['ssim']:.3f}")
+            seconds.append(e["seconds_per_slice"])
+            nfes.add(int(e["nfe"]))
+            method_ranks.append(column_ranks[method])
+        mean_rank = sum(method_ranks) / len(method_ranks)
+        nfe = "/".join(str(n) for n in sorted(nfes))
+        rows.append((mean_rank, f"| {method} | {nfe} | " + " | ".join(cells)
+                     + f" | {sum(seconds) / len(seconds):.2f} | {mean_rank:.1f} |"))
+    lines += [row for _, row in sorted(rows, key=lambda r: r[0])]
+    text = "\n".join(lines)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = plot_quality_vs_nfe(columns)
+    atomic_write(out_dir / "quality_vs_nfe.png", lambda tmp: tmp.write_bytes(figure))
+    atomic_write_text(out_dir / "compare.md", text + "\n\n![quality_vs_nfe.png](quality_vs_nfe.png)\n")
+    return text

@@ -228,6 +228,32 @@ def test_report_writes_the_table_and_figures(tmp_path):
         write_report(tmp_path / "data")
 
 
+def test_compare_ranks_methods_over_runs_and_settings(tmp_path):
+    """The InverseBench-style table: a row per method, a column per (run, setting), rows sorted
+    by mean PSNR rank, the rank computed from the summaries' PSNRs."""
+    from invdiff.batch.report import compare_runs, load_summary
+
+    data = _ct_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    _run(data, out, seed=0)
+    text = compare_runs([out, out], tmp_path / "table")
+    lines = text.splitlines()
+    summary = load_summary(out)
+    settings = list(dict.fromkeys(e["setting"] for e in summary["methods"]))
+    assert lines[0].count("PSNR / SSIM") == 2 * len(settings)
+    by_method = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert set(by_method) == {e["method"] for e in summary["methods"]}
+    means = [float(line.rstrip(" |").split(" | ")[-1]) for line in lines[2:]]
+    assert means == sorted(means)
+    for setting in settings:
+        entries = {e["method"]: e["psnr"] for e in summary["methods"] if e["setting"] == setting}
+        best = max(entries, key=entries.get)
+        assert f"{entries[best]:.2f} /" in by_method[best]
+    assert (tmp_path / "table" / "quality_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match="no rows/ folder"):
+        compare_runs([tmp_path / "data"], tmp_path / "table")
+
+
 def test_a_slice_range_runs_those_slices_of_every_volume(tmp_path):
     data = _ct_folder(tmp_path / "data", volumes=2, slices=4)
     out = tmp_path / "out"
