@@ -23,10 +23,13 @@ from invdiff.samplers.baselines import (
     zero_filled,
 )
 from invdiff.samplers.common import ddim_coefficients, ddim_step
+from invdiff.samplers.daps import sample_daps
 from invdiff.samplers.dds import sample_dds
 from invdiff.samplers.deepinv_samplers import sample_deepinv_diffpir, sample_deepinv_dps
+from invdiff.samplers.diffpir import sample_diffpir
 from invdiff.samplers.dps import sample_dps
 from invdiff.samplers.mbir import sample_dds3d, sample_diffusion_mbir, sample_diffusion_mbir_paper
+from invdiff.samplers.pigdm import sample_pigdm
 from invdiff.samplers.reddiff import sample_reddiff
 from invdiff.samplers.smc import sample_afdps, sample_smc_ensemble, sample_tds
 from invdiff.samplers.unconditional import (
@@ -51,6 +54,9 @@ SAMPLERS: dict[str, Callable] = {
     "tds": sample_tds,
     "deepinv_dps": sample_deepinv_dps,
     "deepinv_diffpir": sample_deepinv_diffpir,
+    "daps": sample_daps,
+    "pigdm": sample_pigdm,
+    "diffpir": sample_diffpir,
 }
 UNCONDITIONAL: dict[str, Callable] = {
     "ddim": sample_ddim,
@@ -96,11 +102,13 @@ __all__ = [
     "least_squares",
     "pinv_baseline",
     "postlog_fbp",
+    "sample_daps",
     "sample_dds",
     "sample_ddim",
     "sample_deis",
     "sample_deepinv_diffpir",
     "sample_deepinv_dps",
+    "sample_diffpir",
     "sample_dds3d",
     "sample_diffusion_mbir",
     "sample_diffusion_mbir_paper",
@@ -108,6 +116,7 @@ __all__ = [
     "sample_dps",
     "sample_euler",
     "sample_heun",
+    "sample_pigdm",
     "sample_reddiff",
     "sample_afdps",
     "sample_smc_ensemble",

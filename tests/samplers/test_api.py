@@ -18,10 +18,11 @@ STEPS = {
     "dps": 30, "dds": 15, "reddiff": 20, "smc_ensemble": 15, "tds": 15, "diffusion_mbir": 15,
     "diffusion_mbir_paper": 15, "dds3d": 15,
     "deepinv_dps": 15, "deepinv_diffpir": 15, "twisted_ensemble": 15, "afdps": 15,
+    "daps": 10, "pigdm": 15, "diffpir": 15,
 }
 PARTICLES = {"smc_ensemble": 8, "tds": 8, "twisted_ensemble": 8, "afdps": 8}
 """Samplers whose state holds ``num_particles`` particles per problem."""
-NFE_PER_STEP = {"diffusion_mbir_paper": 2}
+NFE_PER_STEP = {"diffusion_mbir_paper": 2, "daps": 5}
 """Samplers with more than one network evaluation per step (predictor and corrector)."""
 OWN_SCHEDULE = {"deepinv_diffpir"}
 """Samplers that step through their own noise levels (``len(sigmas) - 1`` of them), not ``sigmas``."""
@@ -195,8 +196,9 @@ def test_non_finite_step_names_sampler_step_and_sigma(name):
     prior, op, y, _ = gaussian_problem(seed=0)
     broken = _BreaksAtCall(prior, k=3)
     sigmas = sigmas_vp(10)
-    # Heun and the predictor-corrector evaluate twice per step: the 4th call is in step 1.
-    step = 1 if name in ("heun", "diffusion_mbir_paper") else 3
+    # Heun and the predictor-corrector evaluate twice per step: the 4th call is in step 1 (DAPS's
+    # five ODE steps per level: step 0).
+    step = 3 // NFE_PER_STEP.get(name, 2 if name == "heun" else 1)
     sigma = r"[0-9.e+-]+" if name in OWN_SCHEDULE else f"{float(sigmas[step]):.6g}"
     message = rf"sample_\w+: non-finite values at step {step} \(sigma={sigma}\)"
     with pytest.raises(FloatingPointError, match=message):
