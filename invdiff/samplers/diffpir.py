@@ -69,7 +69,12 @@ the same iteration with three differences: its prox is that of :math:`\tfrac{1}{
 ``gamma = 1 / (2 rho)``, i.e. our step with :math:`2\rho_t` (deepinv's ``lambda_`` is twice
 ours), computed by conjugate gradient in its [0, 1] units (:math:`\sigma_y` halved for a
 ``(-1, 1)`` data range); it clamps :math:`x_0^{(t)}` to :math:`[-1, 1]`; it starts from
-:math:`A^H y` plus noise and returns the state at its last level.
+:math:`A^H y` plus noise and returns the state at its last level. With deepinv's ``lambda_``
+twice ours, its levels as ``sigmas`` and the same noise, the two agree to about
+:math:`10^{-3}` (``tests/samplers/test_diffpir.py``).
+
+Checks: the network's estimate is tested for finiteness before the solve (which refuses a
+non-finite right-hand side) and the new state after it: two host synchronisations per step.
 """
 
 from __future__ import annotations
