@@ -91,7 +91,8 @@ def ode_sigmas(sigma: float, steps: int, sigma_min: float, rho: float = 7.0) -> 
     sigma_min, sigma_final=0, timestep='poly-7')``)."""
     lo, hi = min(sigma_min, sigma) ** (1 / rho), sigma ** (1 / rho)
     ramp = [j / (steps - 1) for j in range(steps)] if steps > 1 else [0.0]
-    return [(hi + r * (lo - hi)) ** rho for r in ramp] + [0.0]
+    levels = [(hi + r * (lo - hi)) ** rho for r in ramp]
+    return [sigma] + levels[1:] + [0.0]  # the first exactly sigma, not its round trip through the root
 
 
 def langevin_lr(lr: float, lr_min_ratio: float, step: int, num_steps: int) -> float:
