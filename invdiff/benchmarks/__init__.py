@@ -6,6 +6,7 @@ from invdiff.benchmarks.mbir import mbir_benchmark
 from invdiff.benchmarks.operators import operator_benchmark
 from invdiff.benchmarks.reconstruction import reconstruction_benchmark
 from invdiff.benchmarks.samplers import sampler_benchmark
+from invdiff.benchmarks.solvers import solvers_benchmark
 from invdiff.benchmarks.throughput import throughput_benchmark
 from invdiff.benchmarks.volumes import ct_benchmark, mri_benchmark
 
@@ -18,5 +19,6 @@ BENCHMARKS = {
     "operators": operator_benchmark,
     "reconstruction": reconstruction_benchmark,
     "samplers": sampler_benchmark,
+    "solvers": solvers_benchmark,
     "throughput": throughput_benchmark,
 }

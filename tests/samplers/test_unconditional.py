@@ -212,6 +212,17 @@ def test_first_order_unip_and_deis_are_ddim():
     assert float((run("unipc", order=1) - ddim).abs().max()) > 1e-3
 
 
+def test_second_order_unip_bh2_is_dpmpp_2m():
+    r"""UniP-2 with :math:`B(h) = e^{-h} - 1` and :math:`\rho = 1/2` is DPM-Solver++(2M) (without
+    lower orders at the end; both step into 0 at first order)."""
+    prior = _prior()
+    sigmas = sigmas_karras(9, SIGMA_MIN, SIGMA_MAX)
+    ours, _ = UNCONDITIONAL["unipc"](prior, sigmas, shape=(4, 1, 1, 5), generator=seeded(3), order=2, variant="bh2",
+                                     corrector=False, lower_order_final=False)
+    reference, _ = UNCONDITIONAL["dpmpp_2m"](prior, sigmas, shape=(4, 1, 1, 5), generator=seeded(3))
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
 # The official UniPC (wl-zhao/UniPC, commit cf9de85, uni_pc.py), transcribed with its variable
 # names in VP coordinates: x_vp = alpha x, alpha = 1/sqrt(1 + sigma^2), sigma_vp = alpha sigma,
 # lambda = log(alpha / sigma_vp); the "time" t is our sigma, the model the data prediction.
