@@ -25,6 +25,7 @@ from invdiff.samplers.baselines import (
 from invdiff.samplers.common import ddim_coefficients, ddim_step
 from invdiff.samplers.daps import sample_daps
 from invdiff.samplers.dds import sample_dds
+from invdiff.samplers.ddrm import sample_ddnm, sample_ddrm
 from invdiff.samplers.deepinv_samplers import sample_deepinv_diffpir, sample_deepinv_dps
 from invdiff.samplers.diffpir import sample_diffpir
 from invdiff.samplers.dps import sample_dps
@@ -57,6 +58,8 @@ SAMPLERS: dict[str, Callable] = {
     "daps": sample_daps,
     "pigdm": sample_pigdm,
     "diffpir": sample_diffpir,
+    "ddrm": sample_ddrm,
+    "ddnm": sample_ddnm,
 }
 UNCONDITIONAL: dict[str, Callable] = {
     "ddim": sample_ddim,
@@ -95,6 +98,8 @@ __all__ = [
     "adjoint_baseline",
     "ddim_coefficients",
     "ddim_step",
+    "sample_ddnm",
+    "sample_ddrm",
     "error_reduction",
     "fbp_baseline",
     "get_sampler",

@@ -19,6 +19,7 @@ STEPS = {
     "diffusion_mbir_paper": 15, "dds3d": 15,
     "deepinv_dps": 15, "deepinv_diffpir": 15, "twisted_ensemble": 15, "afdps": 15,
     "daps": 10, "pigdm": 15, "diffpir": 15,
+    "ddrm": 15, "ddnm": 15,
 }
 PARTICLES = {"smc_ensemble": 8, "tds": 8, "twisted_ensemble": 8, "afdps": 8}
 """Samplers whose state holds ``num_particles`` particles per problem."""
