@@ -184,8 +184,8 @@ def pivot_table(summary: Sequence[dict], d: int, nfe: Sequence[int], limit_name:
     floor = statistics.fmean(r["floor"] for r in rows)
     limit_sw = statistics.fmean(r["limit_sw"] for r in rows)
     limit_ratio = statistics.fmean(r["limit_ratio"] for r in rows)
-    lines.append(f"| ODE limit ({limit_name}) | " + " | ".join(f"{limit_sw:.3f} ({limit_ratio:.2f}); 0" for _ in nfe)
-                 + " |")
+    cell = f"{limit_sw:.3f} ({limit_ratio:.2f}); 0"
+    lines.append(f"| ODE limit ({limit_name}) | " + " | ".join(cell for _ in nfe) + " |")
     lines.append("| exact samples (floor) | " + " | ".join(f"{floor:.3f} (1.00)" for _ in nfe) + " |")
     return "\n".join(lines)
 
@@ -266,11 +266,12 @@ def solvers_benchmark(
     total = time.perf_counter() - start
     config = {"dims": list(dims), "seeds": list(seeds), "nfe": list(nfe), "num_samples": num_samples,
               "projections": projections, "floor_repeats": floor_repeats, "sigma_min": sigma_min,
-              "sigma_max": sigma_max, "rho": rho, "limit": limit, "p": p, "spacing": spacing, "half_width": half_width,
+              "sigma_max": sigma_max, "rho": rho, "limit": limit, "p": p, "spacing": spacing,
+              "half_width": half_width,
               "run": list(run), "solvers": {n: solvers[n] for n in run}}
     parts = [
-        f"### Unconditional ODE solvers on the 25-component GMM prior: sliced W{p} to {num_samples} exact samples, "
-        f"{projections} directions",
+        f"### Unconditional ODE solvers on the 25-component GMM prior: sliced W{p} to {num_samples} "
+        f"exact samples, {projections} directions",
         "",
         f"Karras schedule {sigma_max:g} -> {sigma_min:g} (rho {rho:g}) then 0, the same start noise for every "
         f"solver; N = {num_samples} samples per run; means over seeds {list(seeds)}. Cells: SW (SW / floor); "
@@ -283,7 +284,8 @@ def solvers_benchmark(
     for d in dims:
         parts += ["", f"d = {d}:", "", pivot_table(summary, d, list(nfe), limit_name)]
     parts += ["", markdown_table(summary, COLUMNS), "",
-              f"Total {total:.0f} s. Files in {out}: solvers.csv (one row per seed and run), solvers.json, solvers.md."]
+              f"Total {total:.0f} s. Files in {out}: solvers.csv (one row per seed and run), solvers.json, "
+              "solvers.md."]
     report = "\n".join(parts)
     atomic_write(out / "solvers.csv", lambda path: path.write_text(_csv_text(rows)))
     record = {"config": config, "seconds": total, "rows": rows, "summary": summary}

@@ -73,7 +73,8 @@ def test_benchmark_end_to_end(tmp_path, monkeypatch):
 
 def test_bad_entries_stop_before_any_work(tmp_path):
     cfg = _config(tmp_path, ddim={}, langevin={})
-    with pytest.raises(ValueError, match=r"'langevin'.*not registered in invdiff.samplers.UNCONDITIONAL.*deis.*unipc"):
+    message = r"'langevin'.*not registered in invdiff.samplers.UNCONDITIONAL.*deis.*unipc"
+    with pytest.raises(ValueError, match=message):
         solvers_benchmark(**cfg)
     with pytest.raises(ValueError, match="no entry under solvers"):
         solvers_benchmark(**{**cfg, "run": ["ddim", "missing"]})

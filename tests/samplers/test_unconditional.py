@@ -204,7 +204,10 @@ def test_empirical_order(name, kwargs, expected):
 def test_first_order_unip_and_deis_are_ddim():
     prior = _prior()
     sigmas = sigmas_karras(9, SIGMA_MIN, SIGMA_MAX)
-    run = lambda name, **kw: UNCONDITIONAL[name](prior, sigmas, shape=(4, 1, 1, 5), generator=seeded(2), **kw)[0]  # noqa: E731
+
+    def run(name, **kw):
+        return UNCONDITIONAL[name](prior, sigmas, shape=(4, 1, 1, 5), generator=seeded(2), **kw)[0]
+
     ddim = run("ddim")
     torch.testing.assert_close(run("unipc", order=1, corrector=False), ddim, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(run("deis", order=1), ddim, rtol=1e-12, atol=1e-12)
@@ -217,8 +220,8 @@ def test_second_order_unip_bh2_is_dpmpp_2m():
     lower orders at the end; both step into 0 at first order)."""
     prior = _prior()
     sigmas = sigmas_karras(9, SIGMA_MIN, SIGMA_MAX)
-    ours, _ = UNCONDITIONAL["unipc"](prior, sigmas, shape=(4, 1, 1, 5), generator=seeded(3), order=2, variant="bh2",
-                                     corrector=False, lower_order_final=False)
+    ours, _ = UNCONDITIONAL["unipc"](prior, sigmas, shape=(4, 1, 1, 5), generator=seeded(3), order=2,
+                                     variant="bh2", corrector=False, lower_order_final=False)
     reference, _ = UNCONDITIONAL["dpmpp_2m"](prior, sigmas, shape=(4, 1, 1, 5), generator=seeded(3))
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
@@ -273,7 +276,10 @@ def _official_bh_update(model_fn, variant, x, model_prev_list, t_prev_list, t, o
     R, b = torch.stack(R), torch.stack(b)
     if len(D1s) > 0:
         D1s = torch.stack(D1s, dim=1)
-        rhos_p = torch.tensor([0.5], dtype=torch.float64) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+        if order == 2:
+            rhos_p = torch.tensor([0.5], dtype=torch.float64)
+        else:
+            rhos_p = torch.linalg.solve(R[:-1, :-1], b[:-1])
     else:
         D1s = None
     if use_corrector:
@@ -315,8 +321,10 @@ def _official_unipc(model_fn, x, timesteps, order, variant, lower_order_final=Tr
     return x
 
 
-@pytest.mark.parametrize("order, variant, lower_order_final", [(1, "bh1", True), (2, "bh1", True), (3, "bh1", True),
-                                                               (3, "bh2", True), (3, "bh2", False)])
+@pytest.mark.parametrize(
+    "order, variant, lower_order_final",
+    [(1, "bh1", True), (2, "bh1", True), (3, "bh1", True), (3, "bh2", True), (3, "bh2", False)],
+)
 def test_unipc_matches_the_official_update(order, variant, lower_order_final):
     prior = _prior()
     sigmas = _to_sigma_min(7)
@@ -406,7 +414,8 @@ def test_step_into_zero_returns_the_last_prediction():
     for lower_order_final in (True, False):
         seen.clear()
         x, info = UNCONDITIONAL["unipc"](prior, sigmas_karras(6, SIGMA_MIN, SIGMA_MAX), shape=(2, 1, 1, 5),
-                                         generator=seeded(0), lower_order_final=lower_order_final, callback=callback)
+                                         generator=seeded(0), lower_order_final=lower_order_final,
+                                         callback=callback)
         assert len(seen) == info["nfe"] == 6
         torch.testing.assert_close(x, seen[-1], rtol=0, atol=0)
 
