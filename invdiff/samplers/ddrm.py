@@ -32,7 +32,13 @@ coordinates with :math:`\Sigma_{t,i} = 1` where :math:`\sigma' \ge \sigma_{y,i}`
 :math:`\Phi_t`: :math:`d_1 z_i + d_2 \hat\epsilon_i` with :math:`(d_1, d_2) = (\eta\sigma', 0)`
 where :math:`\sigma' < \sigma_{y,i}`, :math:`(\sqrt{\sigma'^2 - \sigma_{y,i}^2}, 0)` where
 :math:`\sigma' > \sigma_{y,i}`, and DDIM's :math:`(\eta\sigma', \sqrt{1-\eta^2}\sigma')` on the null
-space and at equality (``Lambda_noise``). Start: :math:`x_T = \sigma_T n`. The official configs
+space and at equality (``Lambda_noise``). Start: :math:`x_T = \sigma_T n`. On noisy data these
+rules *are* DDRM's with :math:`\eta_b = 1` (compare the cases above); the two samplers differ only
+in the start (whose weight decays as :math:`(\sqrt{1-\eta^2}\,\sigma'/\sigma)` per step, to
+round-off after a few dozen steps at :math:`\eta = 0.85`), at the measure-zero equality
+:math:`\sigma' = \sigma_{y,i}`, and with time travel. On noiseless data DDNM keeps DDIM's
+:math:`\hat\epsilon` on the observed coordinates where DDRM draws fresh noise, and DDNM's last step
+projects onto the data where DDRM returns :math:`D(x, \sigma_{min})`. The official configs
 run ``T_sampling: 100`` (timesteps ``range(0, 1000, 10)``, ``sigmas_vp(100, spacing="uniform")``),
 ``--eta 0.85`` and no time travel (``travel_length: 1, travel_repeat: 1``). Time travel
 (``time_travel=True``; the paper's section 3.3, RePaint's schedule as in ``get_schedule_jump``):

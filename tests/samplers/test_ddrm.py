@@ -390,3 +390,38 @@ def test_nonlinear_operator_is_refused():
     with pytest.raises(ValueError, match="sample_ddnm: op: expected a LinearOperator"):
         sample_ddnm(prior, PhaseRetrieval(2.0), torch.ones(2, 1, 1, 6, dtype=torch.float64), sigmas_vp(5),
                     noise_std=0.1, generator=seeded(0), shape=(2, 1, 1, 6))
+
+
+def _image_prior(shape, seed=6):
+    prior, _, _, _ = gaussian_problem(seed=seed, d=math.prod(shape))
+    prior.shape = shape
+    return prior
+
+
+@pytest.mark.parametrize("sampler", ["ddrm", "ddnm"])
+@pytest.mark.parametrize("kind", ["sr", "single_coil"])
+def test_complex_bases_keep_images_real_and_match_cg(sampler, kind):
+    """Super-resolution's Fourier basis (Hermitian coordinates) and single-coil MRI through
+    RealToComplex: real outputs, and on noiseless data the same samples as the CG path."""
+    from operators.mri import SingleCoilMRI
+    from operators.superres import SuperResolution
+
+    if kind == "sr":
+        op, shape = SuperResolution(2, "bicubic"), (1, 4, 4)
+    else:
+        mask = torch.zeros(4, 4, dtype=torch.float64)
+        mask[:, ::2] = 1.0
+        mask[:, 1] = 0.5
+        op, shape = SingleCoilMRI(mask) @ RealToComplex(), (2, 4, 4)
+    prior = _image_prior(shape)
+    y = op.A(prior.sample(2, generator=seeded(1)).reshape(2, *shape))
+    run = lambda la: SAMPLERS[sampler](prior, op, y, sigmas_vp(10), noise_std=0.0, generator=seeded(3),  # noqa: E731
+                                       linear_algebra=la, cg_tol=1e-12)
+    (x_svd, i_svd), (x_cg, _) = run("svd"), run("cg")
+    assert i_svd["linear_algebra"] == "svd" and x_svd.dtype == torch.float64 and x_svd.shape == (2, *shape)
+    torch.testing.assert_close(x_cg, x_svd, rtol=1e-6, atol=1e-6)
+    if sampler == "ddnm":
+        torch.testing.assert_close(op.A(x_svd), y, rtol=0, atol=1e-9)
+    # noisy data run on the spectral rule too
+    x, _ = SAMPLERS[sampler](prior, op, y, sigmas_vp(10), noise_std=0.05, generator=seeded(3))
+    assert x.dtype == torch.float64 and bool(torch.isfinite(x).all())
