@@ -68,7 +68,10 @@ Deliberate differences from the official code:
 * The start is :math:`\sigma_T \cdot` (white noise), where DDNM's is ``randn`` in VP units and
   DDRM's divides its VE start by ``sigma_T`` instead of :math:`\sqrt{1+\sigma_T^2}`; both differ
   from the exact VE start by a factor :math:`\sqrt{1 + 1/\sigma_{n,T}^2}`, :math:`1 + 2\cdot 10^{-5}`
-  at the networks' :math:`\sigma_{n,T} \approx 157`.
+  at the networks' :math:`\sigma_{n,T} \approx 157`; and it is centred at 0 in the caller's units,
+  the official one at 0 in the network's, :math:`b/k` apart for a shifted range
+  (:math:`x_n = k x + b`), against a spread :math:`\sigma_T`. Both decay over the steps
+  (``tests/samplers/test_ddrm.py`` checks the transcriptions and the change of units).
 * One spectral noise :math:`z = V^H n` per step serves all three DDRM cases (the official draws
   one ``randn`` per case in the spectral layout): the same law, and for complex bases (Fourier) it
   keeps real images real.

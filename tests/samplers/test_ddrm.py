@@ -425,3 +425,26 @@ def test_complex_bases_keep_images_real_and_match_cg(sampler, kind):
     # noisy data run on the spectral rule too
     x, _ = SAMPLERS[sampler](prior, op, y, sigmas_vp(10), noise_std=0.05, generator=seeded(3))
     assert x.dtype == torch.float64 and bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("sampler", ["ddrm", "ddnm"])
+@pytest.mark.parametrize("noise_std", [0.0, 0.1])
+@pytest.mark.parametrize("shift,tol", [(0.0, 1e-8), (1.0, 1e-4)])
+def test_caller_units_give_the_network_units_samples(sampler, noise_std, shift, tol):
+    """The data range (module docstring): with the network's images x_n = k x + b, its
+    measurement y_n = k y + A b, noise k * sigma_y and levels k * sigma, the caller's samples are
+    (x_n - b) / k: the rules compare sigma' with sigma_y / s_i, both scaled by k, and are affine.
+    Only the start, pure noise around 0 in either units, differs by b / (k sigma_T), whose trace
+    decays over the steps (1e-5 here)."""
+    from invdiff.priors.gmm import GaussianMixture
+
+    prior_n, op, y_n, _ = gaussian_problem(seed=8, d=6, m=3, noise_std=0.2)
+    k, b = 2.0, shift * (-1.0 + 0.3 * torch.arange(6, dtype=torch.float64))
+    prior = GaussianMixture((prior_n.means - b) / k, prior_n.covs / k**2)
+    y_n = y_n.reshape(1, -1).expand(3, -1).clone()
+    y = (y_n - op.A(b.reshape(1, 1, 1, 6))) / k
+    sigmas_n = sigmas_vp(12)
+    run = lambda p, yy, s, ns: SAMPLERS[sampler](p, op, yy, s, noise_std=ns, generator=seeded(4))[0]  # noqa: E731
+    x_n = run(prior_n, y_n, sigmas_n, k * noise_std)
+    x = run(prior, y, sigmas_n / k, noise_std)
+    torch.testing.assert_close(x, (x_n - b.reshape(1, 1, 1, 6)) / k, rtol=tol, atol=tol)
