@@ -159,7 +159,10 @@ def _effective_noise_std(y: Tensor, noise_std: float) -> float:
     return noise_std / math.sqrt(2) if y.is_complex() else noise_std
 
 
-def _white(shape, generator, like: Tensor) -> Tensor:
+def _white(shape, generator, like: Tensor, draw: bool = True) -> Tensor:
+    """White noise of ``shape`` on ``like``'s device and dtype; zeros (nothing drawn) unless ``draw``."""
+    if not draw:
+        return torch.zeros(tuple(shape), device=like.device, dtype=like.dtype)
     return torch.randn(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
 
 
@@ -245,7 +248,7 @@ def sample_ddrm(
             x0_hat = denoiser(x, sigma)
             eps = (x - x0_hat) / sigma
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat)
-            n = _white(shape, generator, like) if sigma_next > 0 else torch.zeros(shape, dtype=like.dtype, device=like.device)
+            n = _white(shape, generator, like, draw=sigma_next > 0)
             std_C = eta * sigma_next
             tilde_C = math.sqrt(max(sigma_next**2 - std_C**2, 0.0))
             if svd is not None:
@@ -382,7 +385,7 @@ def sample_ddnm(
             x0_hat = denoiser(x, sigma)
             eps = (x - x0_hat) / sigma
             nfe += 1
-            n = _white(shape, generator, like) if sigma_next > 0 else torch.zeros(shape, dtype=like.dtype, device=like.device)
+            n = _white(shape, generator, like, draw=sigma_next > 0)
             if svd is not None:
                 # 2. Range-null correction Sigma_t and the noise Phi_t, per spectral coordinate.
                 c0, ce, z = svd.Vt(x0_hat), svd.Vt(eps), svd.Vt(n)

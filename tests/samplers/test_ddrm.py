@@ -23,7 +23,7 @@ import torch
 from invdiff.samplers import SAMPLERS, sample_ddnm, sample_ddrm
 from invdiff.samplers.ddrm import travel_schedule
 from invdiff.schedules import sigmas_vp
-from operators.base import Matrix, RealToComplex
+from operators.base import RealToComplex
 from operators.inpainting import Inpainting
 from operators.mri import MultiCoilMRI
 from tests.samplers import gaussian_problem, seeded
@@ -121,7 +121,7 @@ def _official_ddrm(prior, H_funcs, y_0, sigma_0, sigmas, etaB, etaA, etaC, gener
         xt = xs[-1]
         et = model(xt, at, shape)
         x0_t = (xt - et * math.sqrt(1 - at)) / math.sqrt(at)
-        sigma = math.sqrt(1 - at) / math.sqrt(at)
+        sigma = math.sqrt(1 - at) / math.sqrt(at)  # noqa: F841  (unused in the official loop too)
         sigma_next = math.sqrt(1 - at_next) / math.sqrt(at_next)
         V_t_x0 = H_funcs.Vt(x0_t)
         SVt_x0 = (V_t_x0 * Sigma)[:, : U_t_y.shape[1]]
