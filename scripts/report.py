@@ -18,7 +18,8 @@ def main() -> None:
     parser.add_argument("--beside", type=Path, help="another run folder: print both runs' PSNR and SSIM side by side")
     parser.add_argument("--labels", nargs=2, metavar=("RUN", "BESIDE"), help="the two runs' names in that table")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="RUN",
-                        help="batch run folders: one table over all of them (a row per method), see --out")
+                        help="batch run folders, each as FOLDER or LABEL=FOLDER (folders with one label merge: one benchmark "
+                             "whose methods ran apart): one table over all of them, a row per method; see --out")
     parser.add_argument("--out", type=Path, help="with --compare: the folder for compare.md and quality_vs_nfe.png")
     args = parser.parse_args()
     if args.compare:

@@ -246,24 +246,34 @@ def plot_quality_vs_nfe(columns: list[tuple[str, dict]]) -> bytes:
     return data
 
 
-def compare_runs(run_dirs: list[Path], out_dir: Path) -> str:
+def compare_runs(run_dirs: list[Path | str], out_dir: Path) -> str:
     """One table over several batch runs, InverseBench's layout: a row per method, PSNR / SSIM per
     (run, setting), the method's NFE and mean seconds per slice, and its mean PSNR rank over the
     columns where it ran. Writes ``compare.md`` and ``quality_vs_nfe.png`` into ``out_dir``.
 
     Args:
-        run_dirs: the batch runs' folders (each the ``out_dir`` of a benchmark), e.g. an MRI and a CT run.
+        run_dirs: the batch runs' folders (each the ``out_dir`` of a benchmark), e.g. an MRI and a
+            CT run, each optionally as ``"label=folder"``: runs with the same label are one
+            benchmark split over folders (methods run apart on the same slices), and their
+            settings merge into the same columns; a method measured twice in a column is an error.
         out_dir: where the table and the figure go (created).
 
     Returns:
         the markdown table.
     """
-    columns: list[tuple[str, dict]] = []
-    for run_dir in run_dirs:
-        summary = load_summary(Path(run_dir))
-        for setting in dict.fromkeys(e["setting"] for e in summary["methods"]):
-            entries = {e["method"]: e for e in summary["methods"] if e["setting"] == setting}
-            columns.append((f"{Path(run_dir).name}: {setting}", entries))
+    merged: dict[tuple[str, str], dict] = {}
+    for spec in run_dirs:
+        label, _, folder = str(spec).rpartition("=")
+        run_dir = Path(folder)
+        label = label or run_dir.name
+        summary = load_summary(run_dir)
+        for e in summary["methods"]:
+            column = merged.setdefault((label, e["setting"]), {})
+            if e["method"] in column:
+                raise ValueError(f"run folders: {e['method']!r} of setting {e['setting']!r} is in more than one "
+                                 f"folder labelled {label!r}; keep one")
+            column[e["method"]] = e
+    columns = [(f"{label}: {setting}", entries) for (label, setting), entries in merged.items()]
     if not columns:
         raise ValueError(f"run folders: {[str(r) for r in run_dirs]} hold no finished slices yet")
     methods = list(dict.fromkeys(m for _, entries in columns for m in entries))

@@ -236,7 +236,7 @@ def test_compare_ranks_methods_over_runs_and_settings(tmp_path):
     data = _ct_folder(tmp_path / "data")
     out = tmp_path / "out"
     _run(data, out, seed=0)
-    text = compare_runs([out, out], tmp_path / "table")
+    text = compare_runs([f"a={out}", f"b={out}"], tmp_path / "table")
     lines = text.splitlines()
     summary = load_summary(out)
     settings = list(dict.fromkeys(e["setting"] for e in summary["methods"]))
@@ -252,6 +252,11 @@ def test_compare_ranks_methods_over_runs_and_settings(tmp_path):
     assert (tmp_path / "table" / "quality_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="no rows/ folder"):
         compare_runs([tmp_path / "data"], tmp_path / "table")
+    # one benchmark split over two folders under one label: the same columns, once each
+    merged = compare_runs([f"ct={out}"], tmp_path / "merged").splitlines()
+    assert merged[0].count("PSNR / SSIM") == len(settings) and "ct: " in merged[0]
+    with pytest.raises(ValueError, match="more than one folder labelled 'ct'"):
+        compare_runs([f"ct={out}", f"ct={out}"], tmp_path / "merged")
 
 
 def test_a_slice_range_runs_those_slices_of_every_volume(tmp_path):
