@@ -49,6 +49,11 @@ likelihood. For complex measurements the data term is :math:`w\|y - \mathcal A(x
 :math:`w` of :func:`~invdiff.samplers.common.likelihood_weight` at std :math:`\tau` (circular
 noise, :math:`1/\tau^2`).
 
+The official ``lr`` suits operators of norm at most 1 (its images' blurs, masks and
+downsamplings): the explicit Langevin step is stable for ``lr`` below :math:`2\tau^2/\|A\|^2`.
+``lr_normalise=True`` (ours, off by default) divides it by :math:`\max(1, \|A^H A\|_2)`, which CT
+(``task=ct``, a Radon transform of norm far above 1) needs.
+
 Deliberate differences: the official loop returns zeros for a chain that turns NaN in the
 Langevin steps; here a non-finite step raises ``FloatingPointError`` (once per annealing step).
 ``main``'s restructured code differs from the paper's in three ways not followed here: its data
@@ -78,6 +83,7 @@ from invdiff.samplers.common import (
     likelihood_weight,
     measurement_device_dtype,
     network_sigma,
+    operator_norm,
     posterior_shape,
 )
 from operators.base import LinearOperator, Operator
@@ -114,6 +120,7 @@ def sample_daps(
     lr: float = 1e-4,
     lr_min_ratio: float = 0.01,
     tau: float | None = None,
+    lr_normalise: bool = False,
     shape: Sequence[int] | None = None,
     callback: Callback | None = None,
 ) -> tuple[Tensor, dict]:
@@ -136,6 +143,10 @@ def sample_daps(
             ``lr`` tuned to it: the explicit step needs ``lr`` below :math:`2\tau^2/\|A\|^2`), or
             ``None`` (the default) for ``noise_std``, the exact likelihood (caller's units, must
             be positive).
+        lr_normalise: divide the step by :math:`\max(1, \|A^H A\|_2)` (power iteration; linear
+            operators only). The official ``lr`` is tuned for operators of norm at most 1 (the
+            explicit step is stable for ``lr`` below :math:`2\tau^2/\|A\|^2`); CT's Radon
+            transform has a far larger norm and diverges without this. Not in the official code.
         shape: the shape of ``x``, ``(B, ...)``; default ``op.AT(y).shape`` (linear operators).
         callback: called each annealing step with ``i``, ``sigma``, ``x`` (the state at
             ``sigma``), ``x0_hat`` (the ODE's estimate) and ``x0`` (after Langevin).
@@ -143,7 +154,8 @@ def sample_daps(
     Returns:
         ``(x, info)``: samples and ``info`` with ``nfe`` (``N * ode_steps``), ``seconds``,
         ``langevin_steps_total``, ``residual_norm`` (``(B,)``, :math:`\|y - \mathcal A(x_0)\|` at
-        the last level), ``tau`` (in the caller's units), ``lr`` and ``noise_std``.
+        the last level), ``tau`` (in the caller's units), ``lr``, ``lr_divisor`` (the operator
+        norm used by ``lr_normalise``, else 1) and ``noise_std``.
     """
     start = time.perf_counter()
     check_measurement(y, NAME)
@@ -164,6 +176,12 @@ def sample_daps(
     data_weight = 2 * likelihood_weight(y, tau_c)  # 1/tau^2 for real y: the gradient's weight
     lr_c = lr / k**2
     linear = isinstance(op, LinearOperator)
+    norm = 1.0
+    if lr_normalise:
+        if not linear:
+            raise ValueError(f"{NAME}: lr_normalise: needs a LinearOperator (its norm), got {op!r}")
+        norm = max(1.0, operator_norm(op.normal, torch.zeros(shape, device=device, dtype=dtype)))
+        lr_c = lr_c / norm
     N = len(sigma_list) - 1
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
     x0 = x
@@ -208,6 +226,7 @@ def sample_daps(
         "residual_norm": residual_norm,
         "tau": tau_c,
         "lr": lr,
+        "lr_divisor": norm,
         "noise_std": noise_std,
     }
     return x, info

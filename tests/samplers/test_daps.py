@@ -140,6 +140,22 @@ def test_langevin_samples_its_gaussian_target():
     assert float((torch.cov(centred.T) - cov).norm() / cov.norm()) < 0.1
 
 
+def test_lr_normalise_divides_by_the_operator_norm():
+    """A large operator norm makes the official step diverge; lr_normalise divides it by ||A^H A||."""
+    prior, op, y, _ = gaussian_problem(seed=0, d=6, m=3, noise_std=0.2)
+    big = type(op)(30.0 * op.matrix, (1, 1, 6))
+    ys = _batch(30.0 * y)
+    kw = dict(noise_std=0.2, ode_steps=1, langevin_steps=200, lr=1e-3, tau=0.2)
+    with pytest.raises(FloatingPointError, match="sample_daps: non-finite"):
+        sample_daps(prior, big, ys, sigmas_karras(3, 0.1, 10.0), generator=seeded(0), **kw)
+    x, info = sample_daps(prior, big, ys, sigmas_karras(3, 0.1, 10.0), generator=seeded(0), lr_normalise=True, **kw)
+    assert info["lr_divisor"] == pytest.approx(float(torch.linalg.matrix_norm(big.matrix, 2)) ** 2, rel=1e-3)
+    assert torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="sample_daps: lr_normalise"):
+        sample_daps(prior, _NonlinearMatrix(op.matrix), ys, sigmas_vp(3), generator=seeded(0), lr_normalise=True,
+                    shape=(3, 1, 1, 6), **kw)
+
+
 def test_registered_and_bad_inputs_name_the_argument():
     assert SAMPLERS["daps"] is sample_daps
     prior, op, y, _ = gaussian_problem(seed=0)
