@@ -29,6 +29,8 @@ from invdiff.samplers.ddrm import sample_ddnm, sample_ddrm
 from invdiff.samplers.deepinv_samplers import sample_deepinv_diffpir, sample_deepinv_dps
 from invdiff.samplers.diffpir import sample_diffpir
 from invdiff.samplers.dps import sample_dps
+from invdiff.samplers.fps import sample_fps
+from invdiff.samplers.mcgdiff import sample_mcgdiff
 from invdiff.samplers.mbir import sample_dds3d, sample_diffusion_mbir, sample_diffusion_mbir_paper
 from invdiff.samplers.pigdm import sample_pigdm
 from invdiff.samplers.reddiff import sample_reddiff
@@ -53,6 +55,8 @@ SAMPLERS: dict[str, Callable] = {
     "twisted_ensemble": sample_smc_ensemble,
     "afdps": sample_afdps,
     "tds": sample_tds,
+    "fps": sample_fps,
+    "mcgdiff": sample_mcgdiff,
     "deepinv_dps": sample_deepinv_dps,
     "deepinv_diffpir": sample_deepinv_diffpir,
     "daps": sample_daps,
@@ -119,6 +123,8 @@ __all__ = [
     "sample_diffusion_mbir_paper",
     "sample_dpmpp_2m",
     "sample_dps",
+    "sample_fps",
+    "sample_mcgdiff",
     "sample_euler",
     "sample_heun",
     "sample_pigdm",

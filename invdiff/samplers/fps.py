@@ -111,7 +111,9 @@ def prior_step(sigma: float, sigma_next: float, c_rate: float | None) -> tuple[f
     return math.sqrt(c_rate) * sigma_next, math.sqrt(1.0 - c_rate) * sigma_next
 
 
-def next_measurement(y: Tensor, y_sigma: Tensor, sigma: float, c1: float, c2: float, Az: Tensor | None) -> Tensor:
+def next_measurement(
+    y: Tensor, y_sigma: Tensor, sigma: float, c1: float, c2: float, Az: Tensor | None
+) -> Tensor:
     r""":math:`y_{\sigma'} = y + (c_2/\sigma)(y_\sigma - y) + c_1 A z`: the backward measurement sequence's
     step (the prior's step with :math:`y` as :math:`x_0`); ``Az`` is ``A z`` for white ``z``, unused when
     ``c1 == 0``."""
@@ -119,19 +121,22 @@ def next_measurement(y: Tensor, y_sigma: Tensor, sigma: float, c1: float, c2: fl
     return y_next + c1 * Az if c1 > 0 else y_next
 
 
-def check_linear(op, sampler: str) -> None:
-    """Raise a ``ValueError`` naming ``op`` unless it is a :class:`~operators.base.LinearOperator`."""
+def check_inputs(
+    y: Tensor, op, num_particles: int, ess_threshold: float, max_iter: int, tol: float, sampler: str
+) -> None:
+    """Raise a ``ValueError`` naming the argument unless ``y`` is a finite batch, ``op`` a
+    :class:`~operators.base.LinearOperator`, ``num_particles`` a whole number >= 1,
+    ``0 <= ess_threshold <= 1`` and ``max_iter``, ``tol`` valid for conjugate gradient."""
+    check_measurement(y, sampler)
     if not isinstance(op, LinearOperator):
         raise ValueError(
-            f"{sampler}: op: expected a LinearOperator (Gaussian conditioning needs A and its adjoint), got {op!r}"
+            f"{sampler}: op: expected a LinearOperator (Gaussian conditioning needs A and its adjoint), "
+            f"got {op!r}"
         )
-
-
-def check_ensemble(num_particles: int, ess_threshold: float, sampler: str) -> None:
-    """Raise a ``ValueError`` naming the argument unless ``num_particles`` is a whole number >= 1 and
-    ``0 <= ess_threshold <= 1``."""
     check_number(num_particles, "num_particles", sampler, integer=True, minimum=1)
     check_number(ess_threshold, "ess_threshold", sampler, minimum=0, maximum=1)
+    check_number(max_iter, "max_iter", sampler, integer=True, minimum=1)
+    check_number(tol, "tol", sampler, positive=True)
 
 
 def predictive_log_likelihood(
@@ -141,7 +146,10 @@ def predictive_log_likelihood(
     :math:`r = y - A m` of :math:`y = A x + n`, :math:`x \sim \mathcal N(m, v I)`, :math:`n` of variance
     :math:`b` per real component (the log-determinant left out); ``signal_var = 0`` gives
     :math:`-\|r\|^2 / (2b)`."""
-    w = r if signal_var == 0 else solve_gram(op, r, signal_var, noise_var, max_iter=max_iter, tol=tol) * noise_var
+    if signal_var == 0:
+        w = r
+    else:
+        w = solve_gram(op, r, signal_var, noise_var, max_iter=max_iter, tol=tol) * noise_var
     inner = (r.conj() * w).real if r.is_complex() else r * w
     return -0.5 * inner.reshape(r.shape[0], -1).sum(1) / noise_var
 
@@ -187,13 +195,9 @@ def sample_fps(
         (steps that resampled, per problem), ``c_rate``, ``linear_algebra``.
     """
     start = time.perf_counter()
-    check_measurement(y, NAME)
-    check_linear(op, NAME)
-    check_ensemble(num_particles, ess_threshold, NAME)
+    check_inputs(y, op, num_particles, ess_threshold, max_iter, tol, NAME)
     check_noise(noise_std, NAME)
     check_number(c_rate, "c_rate", NAME, minimum=0, maximum=1 - 1e-12, optional=True)
-    check_number(max_iter, "max_iter", NAME, integer=True, minimum=1)
-    check_number(tol, "tol", NAME, positive=True)
     sigma_list = check_sigmas(sigmas)
     shape = posterior_shape(op, y, shape, NAME)
     device, dtype = measurement_device_dtype(y)
@@ -209,7 +213,8 @@ def sample_fps(
         # 1. The top of the measurement sequence and the first state, N(0, sigma_0^2) given it.
         y_sigma = y + sigma_list[0] * diffuse()
         zeros = torch.zeros((ensemble.B * ensemble.N, *shape[1:]), device=device, dtype=dtype)
-        x, _ = sample_gaussian_posterior(op, ensemble.repeat(y_sigma), zeros, sigma_list[0] ** 2, noise_std**2,
+        x, _ = sample_gaussian_posterior(op, ensemble.repeat(y_sigma), zeros, sigma_list[0] ** 2,
+                                         noise_std**2,
                                          generator=generator, **solve)
         check_step_finite(x, NAME, 0, sigma_list[0])
         log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
@@ -221,6 +226,7 @@ def sample_fps(
             # 3. The prior's transition N(m, tau I) and the predictive likelihood of y_next.
             x0_hat = denoiser(x, sigma)
             m = x0_hat + (c2 / sigma) * (x - x0_hat)
+            check_step_finite(m, NAME, i, sigma)  # before the solves, which refuse non-finite input
             tau = c1 * c1
             ys_next = ensemble.repeat(y_next)
             log_w = log_w + ensemble.grouped(
@@ -233,10 +239,10 @@ def sample_fps(
             log_w, did, (m,) = ensemble.maybe_resample(log_w, ess_threshold, generator, m)
             resampled_count += did.long()
             if tau > 0:
-                x, _ = sample_gaussian_posterior(op, ys_next, m, tau, noise_std**2, generator=generator, **solve)
+                x, _ = sample_gaussian_posterior(op, ys_next, m, tau, noise_std**2, generator=generator,
+                                                 **solve)
             else:
                 x = m
-            check_step_finite(x, NAME, i, sigma)
             y_sigma = y_next
     return _finish(
         ensemble, x, log_w, generator, nfe=len(sigma_list) - 1, seconds=time.perf_counter() - start,

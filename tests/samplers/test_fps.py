@@ -25,7 +25,7 @@ from tests.samplers import gaussian_problem, moment_errors, seeded
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
 
-class _IterativeMatrix(LinearOperator):
+class IterativeMatrix(LinearOperator):
     """A dense matrix without a closed-form ``solve_normal``: conjugate gradient, as multi-coil MRI and CT."""
 
     def __init__(self, op):
@@ -71,7 +71,8 @@ def test_one_step_matches_the_official_update():
 
     # 1. EpsilonXMeanProcessor.get_mean_and_xstart (no clip: the prior has no range).
     pred_xstart = math.sqrt(1 / abar) * x_vp - math.sqrt(1 / abar - 1) * model_output
-    mean_back = math.sqrt(abar_prev) * pred_xstart + math.sqrt(1 - abar_prev) * math.sqrt(1 - c_rate) * model_output
+    mean_back = (math.sqrt(abar_prev) * pred_xstart
+                 + math.sqrt(1 - abar_prev) * math.sqrt(1 - c_rate) * model_output)
     c1, c2 = prior_step(sigma, sigma_prev, c_rate)
     m = x0_hat + (c2 / sigma) * (x - x0_hat)
     torch.testing.assert_close(m * math.sqrt(abar_prev), mean_back)
@@ -80,7 +81,8 @@ def test_one_step_matches_the_official_update():
     y_t_ve = y + sigma * (A @ torch.randn(5, generator=g, dtype=torch.float64))
     noise = torch.randn(5, generator=g, dtype=torch.float64)
     coef_1 = math.sqrt((1 - c_rate) * (1.0 - abar_prev) / (1.0 - abar))
-    coef_2, coef_3, coef_4 = math.sqrt(abar_prev), math.sqrt(abar), math.sqrt(c_rate) * math.sqrt(1.0 - abar_prev)
+    coef_2, coef_3 = math.sqrt(abar_prev), math.sqrt(abar)
+    coef_4 = math.sqrt(c_rate) * math.sqrt(1.0 - abar_prev)
     new_y = coef_2 * y + coef_1 * (math.sqrt(abar) * y_t_ve - coef_3 * y) + coef_4 * (A @ noise)
     ours_y = next_measurement(y[None], y_t_ve[None], sigma, c1, c2, (A @ noise)[None])
     torch.testing.assert_close(ours_y[0] * math.sqrt(abar_prev), new_y)
@@ -92,15 +94,18 @@ def test_one_step_matches_the_official_update():
     posterior_variance = c_rate * (1 - abar_prev)
     ex_values = variance_diff / posterior_variance
     model_mean = get_mean(mean_back + (1 / ex_values) * (Y @ A), ex_values)
-    _, ours_mean = sample_gaussian_posterior(op, Y_ve, m.reshape(M, 1, 1, 5), c1**2, sigma_y**2, generator=seeded(1))
+    _, ours_mean = sample_gaussian_posterior(op, Y_ve, m.reshape(M, 1, 1, 5), c1**2, sigma_y**2,
+                                             generator=seeded(1))
     torch.testing.assert_close(ours_mean.reshape(M, 5) * math.sqrt(abar_prev), model_mean)
     c11, a1, model_variance = math.sqrt(posterior_variance), variance_diff, variance_diff
     samples = model_mean + get_noise(c11 * torch.randn(M, 5, generator=g, dtype=torch.float64), ex_values)
     prob_y = -(Y - samples @ A.T).square().sum(1) / (2 * model_variance)
     prob_x = -(samples - mean_back).square().sum(1) / (2 * c11 * c11)
-    prob_prev = -(samples - model_mean).square().sum(1) / (2 * c11 * c11) - ((samples - model_mean) @ A.T).square().sum(1) / (2 * a1)
+    prob_prev = (-(samples - model_mean).square().sum(1) / (2 * c11 * c11)
+                 - ((samples - model_mean) @ A.T).square().sum(1) / (2 * a1))
     prob = prob_y + prob_x - prob_prev
-    ours_w = predictive_log_likelihood(op, Y_ve - op.A(m.reshape(M, 1, 1, 5)), c1**2, sigma_y**2, max_iter=100, tol=1e-6)
+    residual = Y_ve - op.A(m.reshape(M, 1, 1, 5))
+    ours_w = predictive_log_likelihood(op, residual, c1**2, sigma_y**2, max_iter=100, tol=1e-6)
     # the same weights up to one constant: the ratio does not depend on the draw
     torch.testing.assert_close(prob - prob[0], ours_w - ours_w[0])
 
@@ -110,7 +115,8 @@ def test_gaussian_posterior_moments():
     mean, cov = post.means[0], post.covs[0]
     errors = {}
     for N in (200, 2000):
-        _, info = sample_fps(prior, op, y[None], sigmas_vp(100), noise_std=0.3, generator=seeded(1), num_particles=N)
+        _, info = sample_fps(prior, op, y[None], sigmas_vp(100), noise_std=0.3, generator=seeded(1),
+                             num_particles=N)
         assert info["particles"].shape == (1, N, 1, 1, 6) and info["linear_algebra"] == "closed form"
         errors[N] = moment_errors(info["particles"][0], mean, cov)
     assert errors[2000]["cov_rel"] < 0.6 * errors[200]["cov_rel"] and errors[2000]["cov_rel"] < 0.2
@@ -118,16 +124,16 @@ def test_gaussian_posterior_moments():
     # One run's particles share one diffused measurement path, which shifts their mean in the
     # measured directions by a fraction of a posterior std; pooled over paths it vanishes.
     assert errors[2000]["max_z"] < 0.35
-    runs = [sample_fps(prior, op, y[None], sigmas_vp(100), noise_std=0.3, generator=seeded(s), num_particles=400)[1]
-            for s in range(6)]
+    runs = [sample_fps(prior, op, y[None], sigmas_vp(100), noise_std=0.3, generator=seeded(s),
+                       num_particles=400)[1] for s in range(6)]
     pooled = moment_errors(torch.cat([r["particles"][0] for r in runs]), mean, cov)
     assert pooled["mahalanobis"] < 0.35 and pooled["max_z"] < 0.2, pooled
 
 
 def test_official_c_rate_drops_spread():
     prior, op, y, post = gaussian_problem(seed=0)
-    _, info = sample_fps(prior, op, y[None], sigmas_vp(100), noise_std=0.3, generator=seeded(1), num_particles=1000,
-                         c_rate=0.95)
+    _, info = sample_fps(prior, op, y[None], sigmas_vp(100), noise_std=0.3, generator=seeded(1),
+                         num_particles=1000, c_rate=0.95)
     assert moment_errors(info["particles"][0], post.means[0], post.covs[0])["trace_ratio"] < 0.75
     assert info["c_rate"] == 0.95
 
@@ -136,7 +142,7 @@ def test_conjugate_gradient_path_matches_closed_form():
     prior, op, y, _ = gaussian_problem(seed=1)
     ys = y[None].expand(2, -1).clone()
     x1, i1 = sample_fps(prior, op, ys, sigmas_vp(20), noise_std=0.3, generator=seeded(4), num_particles=8)
-    x2, i2 = sample_fps(prior, _IterativeMatrix(op), ys, sigmas_vp(20), noise_std=0.3, generator=seeded(4),
+    x2, i2 = sample_fps(prior, IterativeMatrix(op), ys, sigmas_vp(20), noise_std=0.3, generator=seeded(4),
                         num_particles=8, tol=1e-12)
     assert i2["linear_algebra"] == "conjugate gradient"
     torch.testing.assert_close(x1, x2, rtol=1e-6, atol=1e-6)
@@ -161,14 +167,19 @@ def test_single_particle_is_fps_without_smc():
     ({"sigmas": torch.tensor([1.0, 2.0, 0.0])}, "sigmas"),
 ])
 def test_bad_inputs_name_the_argument(kwargs, match):
+    check_bad_input(sample_fps, kwargs, match)
+
+
+def check_bad_input(sampler, kwargs, match):
+    """``sampler`` on a small problem with ``kwargs`` changed raises a ``ValueError`` matching ``match``."""
     prior, op, y, _ = gaussian_problem(seed=0)
     args = {"noise_std": 0.3, "num_particles": 4, "sigmas": sigmas_vp(5), **kwargs}
     with pytest.raises(ValueError, match=match):
-        sample_fps(prior, op, y[None], args.pop("sigmas"), generator=seeded(0), **args)
+        sampler(prior, op, y[None], args.pop("sigmas"), generator=seeded(0), **args)
 
 
 def test_nonlinear_operator_is_refused():
     prior, _, _, _ = gaussian_problem(seed=0)
     with pytest.raises(ValueError, match="op: expected a LinearOperator"):
-        sample_fps(prior, PhaseRetrieval(), torch.ones(1, 1, 1, 6), sigmas_vp(5), noise_std=0.1, generator=seeded(0),
-                   shape=(1, 1, 1, 6))
+        sample_fps(prior, PhaseRetrieval(), torch.ones(1, 1, 1, 6), sigmas_vp(5), noise_std=0.1,
+                   generator=seeded(0), shape=(1, 1, 1, 6))
