@@ -52,10 +52,15 @@ No official code was released. What the two implementations read do, and what th
   :math:`\sigma` from 100 to 0.01), ``eta = 0.2``; its DDIM step is DDS's
   :math:`\hat x_0 + \sigma'(\sqrt{1-\eta^2}\hat\epsilon + \eta z)`.
 
-``eta`` here is DDIM's (:func:`~invdiff.samplers.common.ddim_step`: 0 deterministic, 1 DDPM).
-The paper runs 100 steps; its Algorithm 1 is DDIM with :math:`\eta`; ``configs/sampler/pigdm.yaml``
-uses ``eta = 1`` and 100 steps of the VP grid. ``guidance_weight`` multiplies the guided shift
+``eta`` here is DDIM's (:func:`~invdiff.samplers.common.ddim_step`: 0 deterministic, 1 DDPM),
+the :math:`\eta` of the paper's DDIM-based algorithm. ``configs/sampler/pigdm.yaml`` runs 100
+steps (InverseBench's count) of DDIM's uniform skip with ``eta = 1``; the paper's own :math:`\eta`
+could not be checked against its text here (RED-diff's config has 0, InverseBench 0.2 in its
+own form), so ``eta`` is a setting to choose. ``guidance_weight`` multiplies the guided shift
 (RED-diff's ``grad_term_weight``, 1).
+
+Checks: the network's estimate is tested for finiteness before the solve (which refuses a
+non-finite right-hand side) and the new state after the step: two host synchronisations per step.
 
 Gaussian check. For a Gaussian prior :math:`\mathcal N(m, c^2 I)` and the exact denoiser,
 :math:`p(x_0 \mid x_t) = \mathcal N(\hat x_0, \tfrac{c^2\sigma^2}{c^2+\sigma^2} I)` exactly: the
