@@ -12,6 +12,7 @@ from invdiff.samplers.daps import ode_sigmas
 from invdiff.schedules import sigmas_karras, sigmas_vp
 from operators.base import Operator
 from tests.samplers import gaussian_problem, seeded
+from tests.samplers.test_pigdm import complex_and_twin
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
 
@@ -154,6 +155,15 @@ def test_lr_normalise_divides_by_the_operator_norm():
     with pytest.raises(ValueError, match="sample_daps: lr_normalise"):
         sample_daps(prior, _NonlinearMatrix(op.matrix), ys, sigmas_vp(3), generator=seeded(0), lr_normalise=True,
                     shape=(3, 1, 1, 6), **kw)
+
+
+def test_complex_measurements_are_their_real_twin():
+    """tau = None: the likelihood of circular complex noise, E|n|^2 = s^2, is the real twin's at s / sqrt 2."""
+    prior, op_c, y_c, op_r, y_r, s_r = complex_and_twin()
+    kw = dict(ode_steps=2, langevin_steps=10, lr=1e-3, tau=None)
+    x_c, _ = sample_daps(prior, op_c, y_c, sigmas_karras(4, 0.1, 10.0), noise_std=0.3, generator=seeded(1), **kw)
+    x_r, _ = sample_daps(prior, op_r, y_r, sigmas_karras(4, 0.1, 10.0), noise_std=s_r, generator=seeded(1), **kw)
+    torch.testing.assert_close(x_c, x_r, rtol=1e-8, atol=1e-8)
 
 
 def test_registered_and_bad_inputs_name_the_argument():

@@ -13,6 +13,7 @@ from invdiff.samplers.diffpir import diffpir_sigmas
 from invdiff.schedules import sigmas_vp, vp_alphas_cumprod
 from operators.base import Matrix
 from tests.samplers import gaussian_problem, seeded
+from tests.samplers.test_pigdm import complex_and_twin
 from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
 
@@ -153,6 +154,14 @@ def test_noiseless_data_are_matched():
     prior, op, y, _ = gaussian_problem(seed=2, d=6, m=2, noise_std=0.0)
     x, info = sample_diffpir(prior, op, _batch(y), sigmas_vp(20), noise_std=0.0, generator=seeded(0))
     assert (op.A(x) - _batch(y)).abs().max() < 1e-3 and info["rho"] > 0
+
+
+def test_complex_measurements_are_their_real_twin():
+    """rho_t takes the variance per real component: s^2 / 2 for circular complex noise of E|n|^2 = s^2."""
+    prior, op_c, y_c, op_r, y_r, s_r = complex_and_twin()
+    x_c, _ = sample_diffpir(prior, op_c, y_c, sigmas_vp(8), noise_std=0.3, generator=seeded(1))
+    x_r, _ = sample_diffpir(prior, op_r, y_r, sigmas_vp(8), noise_std=s_r, generator=seeded(1))
+    torch.testing.assert_close(x_c, x_r, rtol=1e-8, atol=1e-8)
 
 
 def test_registered_and_bad_inputs_name_the_argument():

@@ -21,6 +21,28 @@ def _batch(y: torch.Tensor, B: int = 3) -> torch.Tensor:
     return y.reshape(1, -1).expand(B, -1).clone()
 
 
+def complex_and_twin(seed: int = 0, m: int = 2, noise_std: float = 0.3):
+    """A complex problem (``Matrix(M) @ RealToComplex()`` on a 2-channel real prior) and its real twin:
+    ``[Re M, -Im M; Im M, Re M]`` on the stacked parts, ``y`` stacked, noise std divided by sqrt 2."""
+    from invdiff.priors.gmm import GaussianMixture
+    from operators.base import Matrix, RealToComplex
+
+    g = torch.Generator().manual_seed(seed)
+    d = 3
+    L = 0.5 * torch.randn(2 * d, 2 * d, generator=g, dtype=torch.float64)
+    prior = GaussianMixture(torch.randn(1, 2 * d, generator=g, dtype=torch.float64),
+                            (L @ L.T + 0.3 * torch.eye(2 * d, dtype=torch.float64))[None], shape=(2, 1, d))
+    M = torch.randn(m, d, generator=g, dtype=torch.complex128)
+    op_c = Matrix(M, (1, 1, d)) @ RealToComplex()
+    x = prior.sample(3, generator=g).reshape(3, 2, 1, d)
+    y_c = op_c.A(x) + noise_std / math.sqrt(2) * torch.complex(*torch.randn(2, 3, m, generator=g, dtype=torch.float64))
+    # channels (0, 1) = (real, imaginary): x flattened is [Re z, Im z]
+    twin = torch.cat([torch.cat([M.real, -M.imag], 1), torch.cat([M.imag, M.real], 1)], 0)
+    op_r = Matrix(twin, (2, 1, d))
+    y_r = torch.cat([y_c.real, y_c.imag], 1)
+    return prior, op_c, y_c, op_r, y_r, noise_std / math.sqrt(2)
+
+
 def red_diff_pgdm(prior, A, y_0, ts, eta, zs, k, b):
     """``PGDM.sample`` of NVlabs/RED-diff at ``66482f2`` (``algos/pgdm.py``; ``awd: True``,
     ``cond_awd: False``, ``mcg: False``, ``grad_term_weight: 1``) in its variable names, VP state in
@@ -153,6 +175,15 @@ def test_gaussian_approximation_exact_for_unit_isotropic_prior(sigma):
         errors[name] = float((shift - exact).norm() / exact.norm())
     assert errors["unit"] < 1e-10, errors
     assert errors["isotropic 0.25"] > 1e-2 and errors["anisotropic"] > 1e-2
+
+
+def test_complex_measurements_are_their_real_twin():
+    """Circular complex noise of E|n|^2 = s^2 is the real twin's noise of std s / sqrt 2 per part."""
+    prior, op_c, y_c, op_r, y_r, s_r = complex_and_twin()
+    for noise_std, twin_std in [(0.3, s_r), (0.0, 0.0)]:
+        x_c, _ = sample_pigdm(prior, op_c, y_c, sigmas_vp(8), noise_std=noise_std, generator=seeded(1))
+        x_r, _ = sample_pigdm(prior, op_r, y_r, sigmas_vp(8), noise_std=twin_std, generator=seeded(1))
+        torch.testing.assert_close(x_c, x_r, rtol=1e-8, atol=1e-8)
 
 
 def test_registered_and_bad_inputs_name_the_argument():
