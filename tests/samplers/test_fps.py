@@ -183,3 +183,18 @@ def test_nonlinear_operator_is_refused():
     with pytest.raises(ValueError, match="op: expected a LinearOperator"):
         sample_fps(prior, PhaseRetrieval(), torch.ones(1, 1, 1, 6), sigmas_vp(5), noise_std=0.1,
                    generator=seeded(0), shape=(1, 1, 1, 6))
+
+
+def test_complex_measurements_match_the_real_twin_posterior():
+    """Circular complex noise of E|n|^2 = s^2 is the real twin's noise of std s / sqrt 2 per part: both
+    problems' particles spread like the twin's exact posterior (their draws differ)."""
+    from tests.samplers.test_pigdm import complex_and_twin
+
+    prior, op_c, y_c, op_r, y_r, s_r = complex_and_twin()
+    post = prior.posterior(op_r.matrix, y_r[0], s_r)
+    for op, y, s in [(op_c, y_c, 0.3), (op_r, y_r, s_r)]:
+        _, info = sample_fps(prior, op, y[:1], sigmas_vp(50), noise_std=s, generator=seeded(1),
+                             num_particles=1000)
+        errors = moment_errors(info["particles"][0], post.means[0], post.covs[0])
+        assert errors["cov_rel"] < 0.35 and 0.75 < errors["trace_ratio"] < 1.2, errors
+        assert errors["max_z"] < 0.35, errors

@@ -191,3 +191,16 @@ def test_svd_and_noiseless_need_what_they_need():
     with pytest.raises(ValueError, match="noise_std: the conjugate-gradient form needs"):
         sample_mcgdiff(prior, op, y[None], sigmas_vp(5), noise_std=0.0, generator=seeded(0),
                        linear_algebra="cg")
+
+
+def test_complex_measurements_are_their_real_twin():
+    """``Matrix(M) @ RealToComplex()`` with circular noise of E|n|^2 = s^2 runs the same filter as its real
+    twin at noise std s / sqrt 2 (same spectral coordinates, same draws)."""
+    from tests.samplers.test_pigdm import complex_and_twin
+
+    prior, op_c, y_c, op_r, y_r, s_r = complex_and_twin()
+    sigmas = sigmas_vp(20)
+    _, info_c = sample_mcgdiff(prior, op_c, y_c, sigmas, noise_std=0.3, generator=seeded(1), num_particles=8)
+    _, info_r = sample_mcgdiff(prior, op_r, y_r, sigmas, noise_std=s_r, generator=seeded(1), num_particles=8)
+    assert info_c["linear_algebra"] == info_r["linear_algebra"] == "svd"
+    torch.testing.assert_close(info_c["particles"], info_r["particles"], rtol=1e-7, atol=1e-7)
