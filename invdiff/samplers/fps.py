@@ -121,6 +121,42 @@ def prior_step(sigma: float, sigma_next: float, c_rate: float | None) -> tuple[f
     return math.sqrt(c_rate) * sigma_next, math.sqrt(1.0 - c_rate) * sigma_next
 
 
+def prior_transition(
+    denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, c_rate: float | None
+) -> tuple[Tensor, Tensor, float]:
+    r"""``(x0_hat, m, tau)``: the prior's step from ``sigma`` to ``sigma_next`` as the Gaussian
+    :math:`\mathcal N(m, \tau I)`, :math:`m = \hat x_0 + c_2 \hat\epsilon`, :math:`\tau = c_1^2`
+    (:func:`prior_step`)."""
+    c1, c2 = prior_step(sigma, sigma_next, c_rate)
+    x0_hat = denoiser(x, sigma)
+    return x0_hat, x0_hat + (c2 / sigma) * (x - x0_hat), c1 * c1
+
+
+def resample_step(
+    ensemble: Ensemble,
+    log_w: Tensor,
+    carried: Tensor,
+    history: list[Tensor],
+    resampled: Tensor,
+    *,
+    ess_threshold: float,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    **state,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Record the ESS, call ``callback`` with ``state``, the weights and the ESS, and resample the
+    problems whose ESS is low, ``carried`` with them.
+
+    Returns:
+        ``(log_w, carried, resampled)``, ``resampled`` counting the steps that resampled per problem.
+    """
+    ess = effective_sample_size(log_w)
+    history.append(ess)
+    emit(callback, log_weights=log_w, ess=ess, **state)
+    log_w, did, (carried,) = ensemble.maybe_resample(log_w, ess_threshold, generator, carried)
+    return log_w, carried, resampled + did.long()
+
+
 def next_measurement(
     y: Tensor, y_sigma: Tensor, sigma: float, c1: float, c2: float, Az: Tensor | None
 ) -> Tensor:
@@ -234,20 +270,17 @@ def sample_fps(
             # 2. The next measurement of the backward sequence.
             y_next = next_measurement(y, y_sigma, sigma, c1, c2, diffuse() if c1 > 0 else None)
             # 3. The prior's transition N(m, tau I) and the predictive likelihood of y_next.
-            x0_hat = denoiser(x, sigma)
-            m = x0_hat + (c2 / sigma) * (x - x0_hat)
+            x0_hat, m, tau = prior_transition(denoiser, x, sigma, sigma_next, c_rate)
             check_step_finite(m, NAME, i, sigma)  # before the solves, which refuse non-finite input
-            tau = c1 * c1
             ys_next = ensemble.repeat(y_next)
             log_w = log_w + ensemble.grouped(
                 predictive_log_likelihood(op, ys_next - op.A(m), tau, noise_var, **solve)
             ).double()
-            ess = effective_sample_size(log_w)
-            ess_history.append(ess)
-            emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess, y_sigma=y_sigma)
             # 4. Resample on low ESS (the weights do not depend on the move), then move exactly.
-            log_w, did, (m,) = ensemble.maybe_resample(log_w, ess_threshold, generator, m)
-            resampled_count += did.long()
+            log_w, m, resampled_count = resample_step(
+                ensemble, log_w, m, ess_history, resampled_count, ess_threshold=ess_threshold,
+                generator=generator, callback=callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, y_sigma=y_sigma,
+            )
             if tau > 0:
                 x, _ = sample_gaussian_posterior(op, ys_next, m, tau, noise_std**2, generator=generator,
                                                  **solve)

@@ -95,16 +95,15 @@ from invdiff.samplers.common import (
     check_number,
     check_sigmas,
     check_step_finite,
-    emit,
     initial_noise,
     measurement_device_dtype,
     network_sigma,
     operator_norm,
     posterior_shape,
 )
-from invdiff.samplers.fps import check_inputs, predictive_log_likelihood, prior_step
+from invdiff.samplers.fps import check_inputs, predictive_log_likelihood, prior_transition, resample_step
 from invdiff.samplers.linear import sample_gaussian_posterior
-from invdiff.samplers.smc import Ensemble, _finish, _noise_var, _sq_norm, effective_sample_size
+from invdiff.samplers.smc import Ensemble, _finish, _noise_var, _sq_norm
 from invdiff.samplers.svd import SVD, svd_of
 
 NAME = "sample_mcgdiff"
@@ -244,23 +243,19 @@ def _spectral_filter(
     log_w = ensemble.grouped(log_potential(svd.Vt(x), potential_var(sigma_list[0]), active)).double()
     ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=x.device)
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
-        c1, c2 = prior_step(sigma, sigma_next, None)
-        tau = c1 * c1
         # 1. The prior's ancestral step N(m, tau I) in spectral coordinates.
-        x0_hat = denoiser(x, sigma)
-        m = x0_hat + (c2 / sigma) * (x - x0_hat)
+        x0_hat, m, tau = prior_transition(denoiser, x, sigma, sigma_next, None)
         m_bar = svd.Vt(m)
         # 2. Weights: the one-step predictive of the active coordinates over their potential at x.
         active = observed & (entry_var < sigma**2)
         var, var_next = potential_var(sigma), potential_var(sigma_next)
         log_z = log_potential(m_bar, tau + var_next, active)
         log_w = log_w + ensemble.grouped(log_z - log_potential(svd.Vt(x), var, active)).double()
-        ess = effective_sample_size(log_w)
-        ess_history.append(ess)
-        emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess)
         # 3. Resample, then the move: active coordinates conditioned on their potential at sigma'.
-        log_w, did, (m_bar,) = ensemble.maybe_resample(log_w, ess_threshold, generator, m_bar)
-        resampled_count += did.long()
+        log_w, m_bar, resampled_count = resample_step(
+            ensemble, log_w, m_bar, ess_history, resampled_count, ess_threshold=ess_threshold,
+            generator=generator, callback=callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat,
+        )
         gain = torch.where(active, tau / (tau + var_next), torch.zeros_like(var_next))
         c_next = m_bar + gain * (ybar - m_bar)
         if tau > 0:
@@ -305,22 +300,18 @@ def _conditioned_filter(
     log_w = ensemble.grouped(log_potential(x, sigma_list[0])).double()
     ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=x.device)
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
-        c1, c2 = prior_step(sigma, sigma_next, None)
-        tau = c1 * c1
         # 1. The prior's ancestral step N(m, tau I).
-        x0_hat = denoiser(x, sigma)
-        m = x0_hat + (c2 / sigma) * (x - x0_hat)
+        x0_hat, m, tau = prior_transition(denoiser, x, sigma, sigma_next, None)
         check_step_finite(m, NAME, i, sigma)  # before the solves, which refuse non-finite input
         # 2. Weights: the one-step predictive N(y; A m, tau A A^H + v' I) over the potential at x.
         v_next = potential_var(sigma_next)
         log_z = predictive_log_likelihood(op, ys - op.A(m), tau, v_next, **solve)
         log_w = log_w + ensemble.grouped(log_z - log_potential(x, sigma)).double()
-        ess = effective_sample_size(log_w)
-        ess_history.append(ess)
-        emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, log_weights=log_w, ess=ess)
         # 3. Resample, then the exact draw from N(m, tau I) g_{sigma'} (perturb-and-solve).
-        log_w, did, (m,) = ensemble.maybe_resample(log_w, ess_threshold, generator, m)
-        resampled_count += did.long()
+        log_w, m, resampled_count = resample_step(
+            ensemble, log_w, m, ess_history, resampled_count, ess_threshold=ess_threshold,
+            generator=generator, callback=callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat,
+        )
         if tau > 0:
             x, _ = sample_gaussian_posterior(op, ys, m, tau, v_next * per_component, generator=generator,
                                              **solve)
