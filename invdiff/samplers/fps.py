@@ -261,7 +261,7 @@ def sample_fps(
         zeros = torch.zeros((ensemble.B * ensemble.N, *shape[1:]), device=device, dtype=dtype)
         x, _ = sample_gaussian_posterior(op, ensemble.repeat(y_sigma), zeros, sigma_list[0] ** 2,
                                          noise_std**2,
-                                         generator=generator, **solve)
+                                         generator=generator, with_mean=False, **solve)
         check_step_finite(x, NAME, 0, sigma_list[0])
         log_w = torch.zeros(ensemble.B, ensemble.N, device=device, dtype=torch.float64)
         ess_history, resampled_count = [], torch.zeros(ensemble.B, dtype=torch.long, device=device)
@@ -283,7 +283,7 @@ def sample_fps(
             )
             if tau > 0:
                 x, _ = sample_gaussian_posterior(op, ys_next, m, tau, noise_std**2, generator=generator,
-                                                 **solve)
+                                                 with_mean=False, **solve)
             else:
                 x = m
             y_sigma = y_next

@@ -88,7 +88,8 @@ def sample_gaussian_posterior(
     generator: torch.Generator | None,
     max_iter: int = 100,
     tol: float = 1e-6,
-) -> tuple[Tensor, Tensor]:
+    with_mean: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     r"""An exact draw from :math:`\mathcal N(x;\ m, v I)\, p(y \mid x)` by perturb-and-solve.
 
     With :math:`\kappa` of :func:`likelihood_precision`, the posterior has precision
@@ -107,6 +108,7 @@ def sample_gaussian_posterior(
         noise_var: :math:`s^2 \ge 0` in the convention of the module docstring.
         generator: draws :math:`z` (first) and :math:`n`.
         max_iter, tol: conjugate gradient's, where ``op`` has no closed form.
+        with_mean: also solve for the posterior mean (a second solve); ``False`` returns ``None`` for it.
 
     Returns:
         ``(sample, posterior_mean)``, each the shape of ``mean``.
@@ -117,12 +119,14 @@ def sample_gaussian_posterior(
     z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     perturbed = mean + z * (v**0.5)
     if noise_var == 0:
-        posterior_mean = mean + op.pinv(y - op.A(mean), max_iter=max_iter, tol=tol)
+        posterior_mean = mean + op.pinv(y - op.A(mean), max_iter=max_iter, tol=tol) if with_mean else None
         return perturbed + op.pinv(y - op.A(perturbed), max_iter=max_iter, tol=tol), posterior_mean
     kv = likelihood_precision(y, noise_var) * v
     lam = kv.reshape(-1) if isinstance(kv, Tensor) else kv
     y_perturbed = y + measurement_noise(y, noise_var, generator)
     shift = 1 / lam
     sample = op.solve_normal(perturbed / kv + _adjoint(op, y_perturbed, mean), shift, max_iter=max_iter, tol=tol)
+    if not with_mean:
+        return sample, None
     posterior_mean = op.solve_normal(mean / kv + _adjoint(op, y, mean), shift, max_iter=max_iter, tol=tol)
     return sample, posterior_mean

@@ -314,7 +314,7 @@ def _conditioned_filter(
         )
         if tau > 0:
             x, _ = sample_gaussian_posterior(op, ys, m, tau, v_next * per_component, generator=generator,
-                                             **solve)
+                                             with_mean=False, **solve)
         else:
             x = m
     return x, log_w, ess_history, resampled_count

@@ -94,3 +94,12 @@ def test_sample_gaussian_posterior_rejects_bad_variances(kwargs, match):
     args = {"prior_var": 1.0, "noise_var": 0.1, **kwargs}
     with pytest.raises(ValueError, match=match):
         sample_gaussian_posterior(op, torch.zeros(1, 3), torch.zeros(1, 3), args["prior_var"], args["noise_var"], generator=None)
+
+
+def test_sample_without_the_mean_is_the_same_draw():
+    op = Matrix(torch.randn(3, 5, dtype=torch.float64, generator=seeded(5)))
+    y, mean = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    for noise_var in (0.0, 0.2):
+        with_mean = sample_gaussian_posterior(op, y, mean, 1.3, noise_var, generator=seeded(6))
+        alone = sample_gaussian_posterior(op, y, mean, 1.3, noise_var, generator=seeded(6), with_mean=False)
+        assert alone[1] is None and torch.equal(alone[0], with_mean[0])
