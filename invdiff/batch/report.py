@@ -249,7 +249,7 @@ def plot_quality_vs_nfe(columns: list[tuple[str, dict]]) -> bytes:
 def compare_runs(run_dirs: list[Path | str], out_dir: Path) -> str:
     """One table over several batch runs, InverseBench's layout: a row per method, PSNR / SSIM per
     (run, setting), the method's NFE and mean seconds per slice, and its mean PSNR rank over the
-    columns where it ran. Writes ``compare.md`` and ``quality_vs_nfe.png`` into ``out_dir``.
+    columns where it ran; a cell over fewer slices than its column's most says so, ``(n/m)``. Writes ``compare.md`` and ``quality_vs_nfe.png`` into ``out_dir``.
 
     Args:
         run_dirs: the batch runs' folders (each the ``out_dir`` of a benchmark), e.g. an MRI and a
@@ -278,17 +278,21 @@ def compare_runs(run_dirs: list[Path | str], out_dir: Path) -> str:
         raise ValueError(f"run folders: {[str(r) for r in run_dirs]} hold no finished slices yet")
     methods = list(dict.fromkeys(m for _, entries in columns for m in entries))
     ranks = [_ranks({m: e["psnr"] for m, e in entries.items()}) for _, entries in columns]
+    most_slices = [max(e["slices"] for e in entries.values()) for _, entries in columns]
+    partial = False
     header = "| method | NFE | " + " | ".join(f"{t} PSNR / SSIM" for t, _ in columns) + " | s / slice | mean rank |"
     lines = [header, "|---|---:|" + "---:|" * len(columns) + "---:|---:|"]
     rows = []
     for method in methods:
         cells, seconds, nfes, method_ranks = [], [], set(), []
-        for (_, entries), column_ranks in zip(columns, ranks):
+        for (_, entries), column_ranks, slices in zip(columns, ranks, most_slices):
             e = entries.get(method)
             if e is None:
                 cells.append("–")
                 continue
-            cells.append(f"{e['psnr']:.2f} / {e['ssim']:.3f}")
+            mark = f" ({e['slices']}/{slices})" if e["slices"] < slices else ""
+            partial = partial or bool(mark)
+            cells.append(f"{e['psnr']:.2f} / {e['ssim']:.3f}{mark}")
             seconds.append(e["seconds_per_slice"])
             nfes.add(int(e["nfe"]))
             method_ranks.append(column_ranks[method])
@@ -297,6 +301,8 @@ def compare_runs(run_dirs: list[Path | str], out_dir: Path) -> str:
         rows.append((mean_rank, f"| {method} | {nfe} | " + " | ".join(cells)
                      + f" | {sum(seconds) / len(seconds):.2f} | {mean_rank:.1f} |"))
     lines += [row for _, row in sorted(rows, key=lambda r: r[0])]
+    if partial:
+        lines += ["", "(n/m): over n of the m slices that the column's other methods finished (a partial run)."]
     text = "\n".join(lines)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -334,3 +334,20 @@ def test_two_runs_side_by_side(tmp_path):
     assert set(rows) == {"fbp", "dds"} and rows["dds"][2] == "2"
     psnr_a, psnr_b, difference = (float(v) for v in rows["fbp"][3:6])
     assert difference == pytest.approx(psnr_a - psnr_b, abs=0.011) and psnr_a != psnr_b  # other noise draws
+
+
+def test_compare_marks_cells_over_fewer_slices_and_ranks_ties(tmp_path, monkeypatch):
+    from invdiff.batch import report
+
+    def entry(method, psnr, slices):
+        return {"setting": "s", "method": method, "psnr": psnr, "ssim": 0.5, "nfe": 10,
+                "seconds_per_slice": 1.0, "slices": slices}
+
+    summaries = {"a": {"methods": [entry("m1", 30.0, 4), entry("m2", 30.0, 4), entry("m3", 20.0, 2)]}}
+    monkeypatch.setattr(report, "load_summary", lambda run_dir: summaries[run_dir.name])
+    monkeypatch.setattr(report, "plot_quality_vs_nfe", lambda columns: b"png")
+    lines = report.compare_runs(["a"], tmp_path).splitlines()
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:5]}
+    assert rows["m1"].endswith("| 1.5 |") and rows["m2"].endswith("| 1.5 |")  # a tie shares ranks 1 and 2
+    assert "20.00 / 0.500 (2/4)" in rows["m3"] and rows["m3"].endswith("| 3.0 |")
+    assert lines[-1].startswith("(n/m): over n of the m slices")
