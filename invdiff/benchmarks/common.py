@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -82,6 +82,37 @@ def run_isolated(fn: Callable[..., dict], *, env: dict[str, str] | None = None, 
                 os.environ.pop(key)
             else:
                 os.environ[key] = value
+
+
+def check_run_entry(
+    benchmark: str, group: str, entries: Mapping, name: str, registry: Mapping, registry_name: str, hint: str = ""
+) -> dict:
+    """The config entry ``name`` of ``benchmark.run``, after checking that ``group`` holds it and
+    that the sampler it names (its ``sampler`` key, default ``name``) is in ``registry``.
+
+    Args:
+        benchmark: the benchmark's name in messages, e.g. ``"gmm"``.
+        group: the config key holding the entries, e.g. ``"samplers"``.
+        entries: that group's entries by name.
+        name: the entry to check.
+        registry: the samplers it may name; ``registry_name`` names it in messages.
+        hint: appended to the message of an unregistered sampler.
+
+    Raises:
+        ValueError: naming the entry and what is configured or registered.
+    """
+    if name not in entries:
+        raise ValueError(
+            f"benchmark {benchmark}: run: {name!r} has no entry under {group} (configured: {', '.join(entries)})"
+        )
+    entry = entries[name]
+    fn = entry.get("sampler", name)
+    if fn not in registry:
+        raise ValueError(
+            f"benchmark {benchmark}: sampler {fn!r} (entry {name!r}) is not registered in {registry_name} "
+            f"(registered: {', '.join(sorted(registry))}){hint}"
+        )
+    return entry
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:

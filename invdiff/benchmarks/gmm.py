@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from invdiff.benchmarks.common import markdown_table
+from invdiff.benchmarks.common import check_run_entry, markdown_table
 from invdiff.fileio import atomic_write, json_safe
 from invdiff.metrics import sliced_wasserstein
 from invdiff.priors.gmm import GaussianMixture
@@ -138,19 +138,10 @@ def _problem_seed(d: int, dy: int, seed: int) -> int:
 
 def check_samplers(samplers: dict[str, dict], run: Sequence[str], registry: dict) -> None:
     """Raise a ``ValueError`` before any work when a sampler in ``run`` is unknown or malformed."""
+    registered = ','.join(n for n in run if samplers.get(n, {}).get('sampler', n) in registry)
+    hint = f"; register it or drop it from benchmark.run, e.g. benchmark.run=[{registered}]"
     for name in run:
-        if name not in samplers:
-            raise ValueError(
-                f"benchmark gmm: run: {name!r} has no entry under samplers (configured: {', '.join(samplers)})"
-            )
-        entry = samplers[name]
-        fn = entry.get("sampler", name)
-        if fn not in registry:
-            raise ValueError(
-                f"benchmark gmm: sampler {fn!r} (entry {name!r}) is not registered in invdiff.samplers.SAMPLERS "
-                f"(registered: {', '.join(sorted(registry))}); register it or drop it from benchmark.run, "
-                f"e.g. benchmark.run=[{','.join(n for n in run if samplers.get(n, {}).get('sampler', n) in registry)}]"
-            )
+        entry = check_run_entry("gmm", "samplers", samplers, name, registry, "invdiff.samplers.SAMPLERS", hint)
         if entry.get("population", "chains") not in POPULATIONS:
             raise ValueError(
                 f"benchmark gmm: samplers.{name}.population: expected one of {POPULATIONS}, "

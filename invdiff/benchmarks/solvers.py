@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from invdiff.benchmarks.common import markdown_table
+from invdiff.benchmarks.common import check_run_entry, markdown_table
 from invdiff.benchmarks.gmm import grid_mixture
 from invdiff.fileio import atomic_write, json_safe
 from invdiff.metrics import sliced_wasserstein
@@ -65,17 +65,7 @@ def steps_for_nfe(nfe: int, evaluations: str) -> int:
 def check_solvers(solvers: dict[str, dict], run: Sequence[str], registry: dict) -> None:
     """Raise a ``ValueError`` before any work when an entry in ``run`` is unknown or malformed."""
     for name in run:
-        if name not in solvers:
-            raise ValueError(
-                f"benchmark solvers: run: {name!r} has no entry under solvers (configured: {', '.join(solvers)})"
-            )
-        entry = solvers[name]
-        fn = entry.get("sampler", name)
-        if fn not in registry:
-            raise ValueError(
-                f"benchmark solvers: sampler {fn!r} (entry {name!r}) is not registered in "
-                f"invdiff.samplers.UNCONDITIONAL (registered: {', '.join(sorted(registry))})"
-            )
+        entry = check_run_entry("solvers", "solvers", solvers, name, registry, "invdiff.samplers.UNCONDITIONAL")
         if entry.get("evaluations", "per_step") not in EVALUATIONS:
             raise ValueError(
                 f"benchmark solvers: solvers.{name}.evaluations: expected one of {EVALUATIONS}, "

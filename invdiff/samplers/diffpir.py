@@ -101,6 +101,7 @@ from invdiff.samplers.common import (
     posterior_shape,
     real_adjoint,
 )
+from invdiff.samplers.linear import linear_algebra
 from invdiff.schedules import vp_alphas_cumprod, vp_sigmas
 from operators.base import LinearOperator
 
@@ -231,6 +232,6 @@ def sample_diffpir(
         "zeta": zeta,
         "skip_type": skip_type,
         "noise_std": noise_std,
-        "linear_algebra": "closed form" if op.has_closed_form_solve else "conjugate gradient",
+        "linear_algebra": linear_algebra(op),
     }
     return x, info

@@ -108,6 +108,7 @@ from invdiff.samplers.common import (
 from invdiff.samplers.linear import linear_algebra, sample_gaussian_posterior, solve_gram
 from invdiff.samplers.smc import Ensemble, _finish, _noise_var, check_noise, effective_sample_size
 from operators.base import LinearOperator
+from operators.cg import batch_dot
 
 NAME = "sample_fps"
 
@@ -196,8 +197,7 @@ def predictive_log_likelihood(
         w = r
     else:
         w = solve_gram(op, r, signal_var, noise_var, max_iter=max_iter, tol=tol) * noise_var
-    inner = (r.conj() * w).real if r.is_complex() else r * w
-    return -0.5 * inner.reshape(r.shape[0], -1).sum(1) / noise_var
+    return -0.5 * batch_dot(r, w) / noise_var
 
 
 def sample_fps(

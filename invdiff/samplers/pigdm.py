@@ -97,6 +97,7 @@ from invdiff.samplers.common import (
     posterior_shape,
     real_adjoint,
 )
+from invdiff.samplers.linear import linear_algebra
 from operators.base import LinearOperator
 
 NAME = "sample_pigdm"
@@ -212,6 +213,6 @@ def sample_pigdm(
         "eta": eta,
         "guidance_weight": guidance_weight,
         "noise_std": noise_std,
-        "linear_algebra": "closed form" if op.has_closed_form_solve else "conjugate gradient",
+        "linear_algebra": linear_algebra(op),
     }
     return x, info

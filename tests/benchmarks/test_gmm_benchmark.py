@@ -17,20 +17,13 @@ from invdiff.benchmarks import BENCHMARKS
 from invdiff.benchmarks.gmm import CSV_FIELDS, gmm_benchmark, grid_mixture, random_measurement
 from invdiff.metrics import sliced_wasserstein
 from invdiff.samplers import SAMPLERS
+from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- sliced Wasserstein ------------------------------------------------------------------------

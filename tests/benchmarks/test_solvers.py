@@ -7,23 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from invdiff.benchmarks import BENCHMARKS
 from invdiff.benchmarks.solvers import CSV_FIELDS, solvers_benchmark, steps_for_nfe
 from invdiff.samplers import UNCONDITIONAL
+from tests.samplers import single_thread  # noqa: F401  (autouse fixture)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _exact(denoiser, sigmas, *, shape, generator, **params):
