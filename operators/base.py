@@ -577,10 +577,7 @@ class RealToComplex(LinearOperator):
     is_bijective_isometry = True
     """:math:`A^T A = I` and :math:`A A^T = I`: compositions through it keep closed-form solves."""
     has_closed_form_solve = True
-
-    def solve_normal(self, b: Tensor, lam: float | Tensor, **kwargs) -> Tensor:
-        check_finite(b, "b")
-        return b / (1 + regulariser(lam, b))
+    solve_normal = Identity.solve_normal  # the normal operator is the identity
 
     def __repr__(self) -> str:
         return "RealToComplex()"
@@ -759,18 +756,15 @@ class Matrix(LinearOperator):
         dtype = torch.promote_types(b.dtype, M.dtype)
         M, flat = M.to(dtype), b.reshape(b.shape[0], -1, 1).to(dtype)
         m, n = M.shape
-        if not b.is_complex() and M.is_complex():
+        real_unknown = not b.is_complex() and M.is_complex()
+        if n > m and not real_unknown:
+            z = torch.linalg.solve(M @ M.mH + shift * torch.eye(m, dtype=dtype, device=b.device), M @ flat)
+            return ((flat - M.mH @ z) / shift).reshape(b.shape)
+        gram, rhs = M.mH @ M, flat
+        if real_unknown:
             # A real unknown: the normal operator is Re(M^H M), linear over the reals.
-            gram = (M.mH @ M).real
-            x = torch.linalg.solve(gram + shift * torch.eye(n, dtype=gram.dtype, device=b.device), b.reshape(b.shape[0], -1, 1))
-        elif n <= m:
-            gram = M.mH @ M
-            x = torch.linalg.solve(gram + shift * torch.eye(n, dtype=dtype, device=b.device), flat)
-        else:
-            gram = M @ M.mH
-            z = torch.linalg.solve(gram + shift * torch.eye(m, dtype=dtype, device=b.device), M @ flat)
-            x = (flat - M.mH @ z) / shift
-        return x.reshape(b.shape)
+            gram, rhs = gram.real, b.reshape(b.shape[0], -1, 1)
+        return torch.linalg.solve(gram + shift * torch.eye(n, dtype=gram.dtype, device=b.device), rhs).reshape(b.shape)
 
     def __repr__(self) -> str:
         return f"Matrix({tuple(self.matrix.shape)})"
