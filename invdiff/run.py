@@ -48,6 +48,9 @@ OUTPUTS = ("reconstruction.npy", "baseline.npy", "metrics.json", "figure.png", "
 _METHOD_KEYS = ("sampler", "baseline", "steps", "schedule", "schedule_params", "params")
 PASSED_ARGUMENTS = ("noise_std", "generator", "shape", "callback")
 """Sampler arguments the run layer sets itself; a method's ``params`` may not name them."""
+ACTIVE = ("ads",)
+"""Samplers that choose their measurements: on a problem with an ``acquisition`` they take its
+``budget``, ``start`` (and ``unit``); no other method runs on such a problem."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -147,6 +150,11 @@ class Method:
         return self.sampler is not None
 
     @property
+    def acquires(self) -> bool:
+        """Whether the method chooses its measurements (an active sampler, :data:`ACTIVE`)."""
+        return self.sampler in ACTIVE
+
+    @property
     def fn(self) -> Callable:
         return SAMPLERS[self.sampler] if self.is_sampler else BASELINES[self.baseline]
 
@@ -240,6 +248,12 @@ def run_method(
         ValueError: a sampler without a prior, a prior that cannot run on the problem (naming both
             shapes), an unknown precision, or the method's own input errors.
     """
+    if problem.acquisition is not None and not (method.is_sampler and method.acquires):
+        raise ValueError(
+            f"{method.name}: the problem acquires its measurements actively (budget "
+            f"{problem.acquisition.get('budget')}); {method.name!r} reconstructs from fixed ones; "
+            f"use an active sampler ({', '.join(ACTIVE)})"
+        )
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     compile_mode = compile_mode_name(compile_mode)
@@ -260,12 +274,18 @@ def run_method(
         x, info = method.fn(
             denoiser, op, y, method.sigmas(prior).to(device), noise_std=problem.noise_std,
             generator=_generator_on(generator, device), shape=(*shape[:2], *size), callback=callback,
-            **method.params,
+            **{**method.params, **acquisition_options(method, problem)},
         )
         if size != shape[-2:]:
             x = CenterCrop(size, shape[-2:]).A(x)
     x = x.detach().cpu()
     return x, {**info, "nfe": int(info.get("nfe", 0)), "seconds": time.perf_counter() - start}
+
+
+def acquisition_options(method: Method, problem: Problem) -> dict:
+    """The problem's acquisition terms (budget, start, unit) for an active sampler, which take
+    precedence over the method's own; nothing for a fixed measurement."""
+    return dict(problem.acquisition) if problem.acquisition is not None and method.acquires else {}
 
 
 SMALL_FRACTION = 0.5
@@ -330,7 +350,9 @@ def reconstruct(
     x_hat, info = run_method(method, problem, prior, generator=torch.Generator().manual_seed(seed), device=device,
                              precision=precision, compile_mode=compile_mode, callback=callback)
     baseline = baseline_method(problem)
-    x_baseline, _ = run_method(baseline, problem, generator=torch.Generator().manual_seed(seed), device=device)
+    # an active method's baseline reconstructs from the units the method acquired
+    fixed = problem if problem.acquisition is None else problem.acquired(info["mask"], info["unit"])
+    x_baseline, _ = run_method(baseline, fixed, generator=torch.Generator().manual_seed(seed), device=device)
     metrics = {
         "task": problem.name,
         "sampler": method.name,
@@ -346,6 +368,9 @@ def reconstruct(
         "shape": list(problem.x_shape),
         "problem": problem.info,
     }
+    if "order" in info:  # an active method: what it acquired, in order
+        metrics["acquisition"] = {"unit": info["unit"], "budget": info["budget"], "order": info["order"].tolist(),
+                                  "acquired_at": info["acquired_at"].tolist()}
     return Result(x_hat, x_baseline, metrics, info)
 
 

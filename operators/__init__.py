@@ -38,7 +38,16 @@ from operators.ct import (
     sparse_view_angles,
     uniform_angles,
 )
-from operators.masks import acceleration_of, acs_lines, fastmri_mask, poisson_disc_mask, volume_seed
+from operators.masks import (
+    acceleration_of,
+    acs_lines,
+    center_lines,
+    fastmri_mask,
+    line_budget,
+    poisson_disc_mask,
+    volume_seed,
+)
+from operators.units import UNIT_KINDS, MeasurementUnits, measurement_units
 from operators.mri import (
     MultiCoilMRI,
     SingleCoilMRI,

@@ -77,6 +77,31 @@ _LINE_SAMPLERS: dict[str, Callable[[np.random.RandomState, int, float, int], np.
 """fastMRI's mask functions by kind; ``"equispaced_fraction"`` is its current name for ``"equispaced"``."""
 
 
+def center_lines(W: int, acceleration: float, center_fraction: float | None = None) -> int:
+    """The fully sampled centre of fastMRI's line masks, ``round(W * center_fraction)`` columns;
+    ``center_fraction`` defaults to fastMRI's 0.08 at 4x and 0.04 at 8x."""
+    if center_fraction is None:
+        if acceleration not in _DEFAULT_CENTER_FRACTION:
+            raise ValueError(
+                f"center_fraction: no default for acceleration {acceleration} (fastMRI uses 0.08 at 4x and "
+                f"0.04 at 8x); pass one explicitly"
+            )
+        center_fraction = _DEFAULT_CENTER_FRACTION[acceleration]
+    if not 0 < center_fraction < 1:
+        raise ValueError(f"center_fraction: expected a fraction in (0, 1), got {center_fraction}")
+    return round(W * center_fraction)
+
+
+def line_budget(
+    shape: tuple[int, int], acceleration: float, center_fraction: float | None = None, *, seed: Seed
+) -> tuple[int, int]:
+    """``(lines, centre)``: how many columns fastMRI's equispaced mask of this ``acceleration``
+    samples and how many of them form its centre band, the budget and start set of an active
+    acquisition at the same acceleration (:func:`invdiff.samplers.ads.sample_ads`)."""
+    mask = fastmri_mask(shape, acceleration, center_fraction, kind="equispaced", seed=seed)
+    return int((mask[0] > 0).sum()), center_lines(mask.shape[1], acceleration, center_fraction)
+
+
 def fastmri_mask(
     shape: tuple[int, int],
     acceleration: float,
@@ -117,16 +142,7 @@ def fastmri_mask(
         raise ValueError(f"kind: expected one of {sorted(_LINE_SAMPLERS)}, got {kind!r}")
     if not acceleration >= 1:
         raise ValueError(f"acceleration: expected a factor >= 1, got {acceleration}")
-    if center_fraction is None:
-        if acceleration not in _DEFAULT_CENTER_FRACTION:
-            raise ValueError(
-                f"center_fraction: no default for acceleration {acceleration} (fastMRI uses 0.08 at 4x and "
-                f"0.04 at 8x); pass one explicitly"
-            )
-        center_fraction = _DEFAULT_CENTER_FRACTION[acceleration]
-    if not 0 < center_fraction < 1:
-        raise ValueError(f"center_fraction: expected a fraction in (0, 1), got {center_fraction}")
-    num_low = round(W * center_fraction)
+    num_low = center_lines(W, acceleration, center_fraction)
     if not num_low * acceleration < W:
         raise ValueError(
             f"center_fraction: expected fewer centre columns than W / acceleration = {W / acceleration:.1f}, "

@@ -222,9 +222,9 @@ SIGMAS = [4.0, 2.0, 1.0, 0.5, 0.25, 0.0]
 """Five steps; passed as a device tensor, as :func:`invdiff.run.run_method` does."""
 
 VOLUME = {"diffusion_mbir", "diffusion_mbir_paper", "dds3d"}
-GRADIENT = {"dps", "reddiff", "tds", "deepinv_dps", "pigdm"}
+GRADIENT = {"dps", "reddiff", "tds", "deepinv_dps", "pigdm", "ads"}
 """Samplers that differentiate through the prior: run on fake ``meta`` tensors (module docstring)."""
-PARTICLES = {"smc_ensemble": 3, "twisted_ensemble": 3, "tds": 3, "afdps": 3, "fps": 3, "mcgdiff": 3}
+PARTICLES = {"smc_ensemble": 3, "twisted_ensemble": 3, "tds": 3, "afdps": 3, "fps": 3, "mcgdiff": 3, "ads": 3}
 
 SYNCS_PER_STEP = {
     # The state's finiteness check, which names the step that broke.
@@ -258,11 +258,16 @@ SYNCS_PER_STEP = {
     # decision and the check.
     "fps": [24, 24, 24, 13],
     "mcgdiff": [24, 24, 24, 13],
+    # ADS on a fixed mask (no budget): DPS's check only.
+    "ads": 1,
 }
 EXTRA_CASES = {
     # The conditioned integrator's two CG solves of 20 iterations test convergence once each (at
     # iteration 10), then the resampling decision and the check.
     "afdps_conditioned": ("afdps", {"integrator": "conditioned", "resample": True, "cg_steps": 20}, 4),
+    # ADS acquiring a line at steps 1 and 2 (DDS between): the new operator's mask checks (values,
+    # line structure) at those steps, the check alone at the others.
+    "ads_active": ("ads", {"guidance": "dds", "budget": 4, "start": 2, "schedule": [[1, 1], [2, 1]]}, [5, 5, 1, 1]),
 }
 NOT_RUN = {"deepinv_diffpir": "forks the CUDA random state, which needs the CUDA driver (module docstring)"}
 

@@ -492,6 +492,20 @@ def target_path(out_dir: Path, volume: str, index: int) -> Path:
     return out_dir / "slices" / "reference" / Path(volume).stem / f"{index:04d}.npy"
 
 
+def acquisition_path(out_dir: Path, setting: str, method: str, volume: str, index: int) -> Path:
+    """Where an active method's acquisition of a slice is written (:func:`_save_acquisition`)."""
+    return out_dir / "acquisitions" / setting / method / Path(volume).stem / f"{index:04d}.json"
+
+
+def _save_acquisition(path: Path, info: dict, b: int) -> None:
+    """The ``b``-th slice's acquisition as JSON: ``order`` (unit indices, the start first),
+    ``acquired_at`` (the step of each, -1 for the start), ``unit`` and ``grid`` (the units'
+    layout, so that ``order`` draws the mask)."""
+    record = {"order": info["order"][b].tolist(), "acquired_at": info["acquired_at"][b].tolist(),
+              "unit": info["unit"], "grid": list(info["mask"].shape[1:])}
+    atomic_write_text(path, json.dumps(record) + "\n", mkdir=True)
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_save_npy(path, np.asarray(array, dtype=np.float32), mkdir=True)
 
@@ -1009,6 +1023,12 @@ def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str,
         if problem.target is not None:
             for b, i in enumerate(indices):
                 _save_npy(target_path(out_dir, volume.name, i), problem.target[b, 0].numpy())
+        if problem.acquisition is not None:  # an active setting: only the methods that acquire run
+            passive = [m for m in todo if not methods[m].acquires]
+            if passive:
+                log.info("%s: setting %s acquires actively; %s do not and are not run", volume.name, setting,
+                         ", ".join(passive))
+            todo = [m for m in todo if methods[m].acquires]
         for method in todo:
             rows = _run_method(methods[method], problem, prior, volume, indices, setting, seed, out_dir,
                                device=device, precision=precision, compile_mode=compile_mode)
@@ -1047,6 +1067,8 @@ def _run_method(method: Method, problem: Problem, prior: Denoiser | None, volume
     rows = []
     for b, key in enumerate(keys):
         _save_npy(slice_path(out_dir, setting, method.name, volume.name, key["slice"]), images[b])
+        if "order" in info:
+            _save_acquisition(acquisition_path(out_dir, setting, method.name, volume.name, key["slice"]), info, b)
         row = {**key, "nfe": info["nfe"], "seconds": seconds}
         if problem.target is not None:
             row.update(slice_metrics(problem.target[b, 0].numpy(), images[b], volume.data_max))

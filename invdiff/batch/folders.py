@@ -175,7 +175,8 @@ class CTVolume:
             images = torch.from_numpy(np.stack([np.asarray(f["image"][i], dtype=np.float32) for i in indices]))
         return ct_projections(images[:, None], int(setting["views"]), float(setting["noise_std"]), generators,
                               angle_range=setting.get("angle_range"), data_range=self.data_max,
-                              info={"file": str(self.path), "slices": list(indices)})
+                              info={"file": str(self.path), "slices": list(indices)},
+                              candidate_views=setting.get("candidate_views"))
 
 
 class CTFolder:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,20 @@ from torch import Tensor
 
 from invdiff.data.fastmri import center_crop
 from invdiff.metrics import nmse, psnr, ssim
-from operators import GaussianNoise, Operator, RealToComplex
+from operators import GaussianNoise, Operator, RealToComplex, line_budget, measurement_units
+
+ACTIVE = "active"
+"""The mask kind (MRI) of a problem whose measurements an active sampler chooses."""
+
+
+def line_acquisition(shape: tuple[int, int], acceleration: float, center_fraction: float | None,
+                     mask_kind: str, seed) -> dict | None:
+    """An active acquisition's terms for ``mask_kind="active"`` (``None`` otherwise): the budget of
+    fastMRI's equispaced mask at ``acceleration`` and its centre band as the start set."""
+    if mask_kind != ACTIVE:
+        return None
+    budget, centre = line_budget(shape, acceleration, center_fraction, seed=seed)
+    return {"budget": budget, "start": centre}
 
 
 @dataclass
@@ -53,6 +66,11 @@ class Problem:
         baseline: the classical reconstruction's name in ``invdiff.samplers.BASELINES``.
         baseline_kwargs: its options.
         info: provenance and estimates (file, slices, estimated scale and noise), JSON-safe.
+        acquisition: an active acquisition's terms, or ``None`` for a fixed measurement: the
+            keyword options ``budget`` (units in all) and ``start`` (the units held from the
+            start), optionally ``unit``, of an active sampler
+            (:func:`invdiff.samplers.ads.sample_ads`). ``op`` then measures every candidate
+            unit and ``y`` is the fully sampled reference the sampler reads its units from.
     """
 
     name: str
@@ -70,6 +88,7 @@ class Problem:
     baseline: str = "adjoint"
     baseline_kwargs: dict = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    acquisition: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.x_shape = tuple(int(s) for s in self.x_shape)
@@ -83,6 +102,14 @@ class Problem:
             raise ValueError(f"scale: expected > 0, got {self.scale}")
         if not 0 <= self.noise_std < math.inf:
             raise ValueError(f"noise_std: expected a finite number >= 0, got {self.noise_std}")
+
+    def acquired(self, mask: Tensor, unit: str = "auto") -> Problem:
+        """The fixed problem of the units an active sampler acquired: ``mask`` ``(B, *grid)`` bool
+        (its ``info["mask"]``); the operator restricted to them, the measurement zero elsewhere."""
+        units = measurement_units(self.op, unit, shape=tuple(self.y.shape))
+        acquired = mask.reshape(mask.shape[0], -1).to(torch.bool)
+        y = units.element_mask(acquired).to(self.y.device, self.y.real.dtype) * self.y
+        return replace(self, op=units.operator(acquired), y=y, acquisition=None)
 
     @property
     def batch(self) -> int:

@@ -76,12 +76,13 @@ from invdiff.data.fastmri import (
     remove_readout_oversampling,
 )
 from invdiff.fileio import atomic_save_npy
-from invdiff.problems.base import Problem
+from invdiff.problems.base import ACTIVE, Problem, line_acquisition
 from operators import (
     MultiCoilMRI,
     RealToComplex,
     SingleCoilMRI,
     acs_lines,
+    center_lines,
     espirit_maps,
     estimate_kspace_noise_std,
     fastmri_mask,
@@ -248,10 +249,16 @@ def open_fastmri(path: str | Path) -> FastMRIFile:
 def sampling_mask(file: FastMRIFile, acceleration: float = 4, center_fraction: float | None = None,
                   mask_kind: str = "equispaced") -> Tensor:
     """The ``(W,)`` columns a slice is reconstructed from: the file's own mask (prospective files),
-    else fastMRI's line mask for the file name (every slice of a volume shares it)."""
+    else fastMRI's line mask for the file name (every slice of a volume shares it); for
+    ``mask_kind="active"`` the centre band an active acquisition starts from (the lines the coil
+    maps, scale and noise are estimated on)."""
     if file.mask is not None:
         return (file.mask > 0).float()
     H, W = file.kspace_size
+    if mask_kind == ACTIVE:  # the centre band an active acquisition starts from
+        n, mask = center_lines(W, acceleration, center_fraction), torch.zeros(W)
+        mask[(W - n + 1) // 2 : (W - n + 1) // 2 + n] = 1.0
+        return mask
     return fastmri_mask((H, W), acceleration, center_fraction, kind=mask_kind, seed=volume_seed(file.name))[0]
 
 
@@ -489,6 +496,10 @@ def fastmri_problem(
         if not -file.num_slices <= int(k) < file.num_slices:
             raise IndexError(f"{file.path}: slice {k} is out of range for a volume of {file.num_slices} slices")
         indices.append(int(k) % file.num_slices)
+    active = mask_kind == ACTIVE
+    if active and file.prospective:
+        raise ValueError(f"{file.path}: mask_kind 'active' chooses lines of a fully sampled file; this one is "
+                         f"undersampled (it has its own mask)")
     mask = sampling_mask(file, acceleration, center_fraction, mask_kind)
     est = estimates or volume_estimates(file, mask, scale=scale, noise_std=noise_std)
     acs_columns = calibration_width(est.acs, file.kspace_size[1])
@@ -503,13 +514,16 @@ def fastmri_problem(
         maps_i, estimator = _slice_maps(file, index, kspace, y, est.acs, maps_options)
         if not file.single_coil:
             maps_i = _align_phase(maps_i, y)
-        ys.append(y)
+        ys.append(kspace if active else y)
         all_maps.append(maps_i)
         if file.target_key is not None:
             target = s.reconstruction_rss if file.target_key == "reconstruction_rss" else s.reconstruction_esc
             targets.append(target)
     y, coil_maps = torch.stack(ys), torch.stack(all_maps)
     H, W = y.shape[-2:]
+    acquisition = line_acquisition((H, W), acceleration, center_fraction, mask_kind, volume_seed(file.name))
+    if active:
+        mask = torch.ones_like(mask)
     if file.single_coil:
         op, support = SingleCoilMRI(mask.expand(H, W)) @ RealToComplex(), None
         y = y[:, 0:1]
@@ -519,7 +533,7 @@ def fastmri_problem(
     info = {
         "file": str(file.path), "slices": indices, "prospective": file.prospective,
         "acceleration": None if file.prospective else acceleration,
-        "mask_columns": int((mask > 0).sum()), "acs_columns": acs_columns, "coil_maps": maps_options.method,
+        "mask_columns": acquisition["budget"] if active else int((mask > 0).sum()), "acs_columns": acs_columns, "coil_maps": maps_options.method,
         "maps_estimator": estimator,
         **est.as_dict(),
     }
@@ -527,7 +541,7 @@ def fastmri_problem(
         "fastmri", op, y, est.noise_std * est.scale, (len(indices), 2, H, W),
         target=torch.stack(targets)[:, None].float() if targets else None,
         is_complex=True, scale=est.scale, crop=file.recon_size, support=support, data_range=file.data_max,
-        baseline="cg", baseline_kwargs={"max_iter": 30}, info=info,
+        baseline="cg", baseline_kwargs={"max_iter": 30}, info=info, acquisition=acquisition,
     )
 
 

@@ -19,7 +19,7 @@ import sigpy.mri
 import torch
 from torch import Tensor
 
-from invdiff.problems.base import Problem, measure, simulated
+from invdiff.problems.base import ACTIVE, Problem, line_acquisition, measure, simulated
 from invdiff.problems.images import describe, ground_truth, is_image_file, read_image_file
 from operators import (
     Inpainting,
@@ -50,7 +50,10 @@ def mri_operator(
     if isinstance(coils, bool) or not isinstance(coils, numbers.Integral) or coils < 1:
         raise ValueError(f"coils: expected a positive integer, got {coils!r}")
     maps = torch.from_numpy(sigpy.mri.birdcage_maps((coils, size, size))).to(torch.complex64)
-    mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
+    if mask_kind == ACTIVE:
+        mask = torch.ones(size, size)
+    else:
+        mask = fastmri_mask((size, size), acceleration, center_fraction, kind=mask_kind, seed=seed)
     return MultiCoilMRI(maps, mask) @ RealToComplex()
 
 
@@ -66,11 +69,15 @@ def mri(
     seed: int = 0,
     data_root: str | Path = "data",
 ) -> Problem:
-    """Multi-coil Cartesian MRI of a held-out complex image: birdcage coils, a fastMRI line mask."""
+    """Multi-coil Cartesian MRI of a held-out complex image: birdcage coils, a fastMRI line mask;
+    ``mask_kind="active"`` measures every line and leaves the choice to an active sampler, with
+    the line budget and centre of the equispaced mask at ``acceleration``."""
     x = ground_truth(image, size, index, complex_=True, data_root=data_root)
     op = mri_operator(size, coils, acceleration, center_fraction, mask_kind, seed)
-    return simulated("mri", op, x, measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30},
-                     is_complex=True)
+    problem = simulated("mri", op, x, measure(op, x, noise_std, seed), noise_std, "cg", {"max_iter": 30},
+                        is_complex=True)
+    problem.acquisition = line_acquisition((size, size), acceleration, center_fraction, mask_kind, seed)
+    return problem
 
 
 def _truth(image: str, size: int, index: int, channels: int, data_root: str | Path) -> tuple[Tensor, dict]:
@@ -83,7 +90,7 @@ def _truth(image: str, size: int, index: int, channels: int, data_root: str | Pa
 
 
 def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, image: str = "phantom", index: int = 0,
-       seed: int = 0, data_root: str | Path = "data") -> Problem:
+       seed: int = 0, data_root: str | Path = "data", candidate_views: int | None = None) -> Problem:
     """Sparse-view parallel-beam CT of a held-out image or a user's file (relative attenuation).
 
     The image is relative attenuation, about ``[0, 1]`` (a DICOM file is converted from
@@ -102,29 +109,45 @@ def ct(size: int = 64, views: int = 30, noise_std: float = 0.2, image: str = "ph
         index: which held-out image (the frame of a multi-frame DICOM file).
         seed: seeds the noise.
         data_root: where datasets are built.
+        candidate_views: an active acquisition of ``views`` among that many equispaced angles
+            (:func:`ct_projections`); ``None``: the ``views`` equispaced ones.
 
     Returns:
         a problem on ``(1, 1, H, W)`` with its FBP baseline.
     """
     x, info = _truth(image, size, index, 1, data_root)
-    return ct_projections(x, views, noise_std, [torch.Generator().manual_seed(seed)], info=info)
+    return ct_projections(x, views, noise_std, [torch.Generator().manual_seed(seed)], info=info,
+                          candidate_views=candidate_views)
 
 
 def ct_projections(x: Tensor, views: int, noise_std: float, generators: Sequence[torch.Generator], *,
                    angle_range: float | None = None, data_range: float | None = None,
-                   info: dict | None = None) -> Problem:
+                   info: dict | None = None, candidate_views: int | None = None) -> Problem:
     """Parallel-beam CT of the images ``x`` ``(B, 1, H, W)``: ``views`` equispaced angles over
     180 degrees, or over ``[0, angle_range)`` degrees (limited angle), and Gaussian noise of
     ``noise_std`` drawn for each image from its own generator (so an image's measurement does not
-    depend on the others in the batch); the problem of :func:`ct` and of the CT batch benchmark."""
+    depend on the others in the batch); the problem of :func:`ct` and of the CT batch benchmark.
+
+    ``candidate_views``: an active acquisition instead: the sinogram holds that many equispaced
+    candidate angles over 180 degrees and an active sampler chooses ``views`` of them."""
     if len(generators) != x.shape[0]:
         raise ValueError(f"generators: expected one per image ({x.shape[0]}), got {len(generators)}")
+    if candidate_views is not None:
+        if angle_range is not None:
+            raise ValueError("candidate_views: an active acquisition chooses among views over 180 degrees; "
+                             "leave angle_range unset")
+        if isinstance(candidate_views, bool) or not isinstance(candidate_views, int) or candidate_views < views:
+            raise ValueError(f"candidate_views: expected an integer >= views ({views}), got {candidate_views!r}")
     angles = sparse_view_angles(views) if angle_range is None else limited_angle(views, math.radians(angle_range))
+    if candidate_views is not None:
+        angles = sparse_view_angles(candidate_views)
     op = ParallelBeamCT(tuple(x.shape[-2:]), angles)
     clean = op.A(x)
     noise = torch.stack([torch.randn(clean.shape[1:], generator=g, dtype=clean.dtype) for g in generators])
     problem = simulated("ct", op, x, clean + noise_std * noise, noise_std, "fbp", info=info)
     problem.data_range = data_range
+    if candidate_views is not None:
+        problem.acquisition = {"budget": int(views), "start": None}
     return problem
 
 

@@ -22,6 +22,7 @@ from invdiff.samplers.baselines import (
     tv,
     zero_filled,
 )
+from invdiff.samplers.ads import sample_ads
 from invdiff.samplers.common import ddim_coefficients, ddim_step
 from invdiff.samplers.daps import sample_daps
 from invdiff.samplers.dds import sample_dds
@@ -64,6 +65,7 @@ SAMPLERS: dict[str, Callable] = {
     "diffpir": sample_diffpir,
     "ddrm": sample_ddrm,
     "ddnm": sample_ddnm,
+    "ads": sample_ads,
 }
 UNCONDITIONAL: dict[str, Callable] = {
     "ddim": sample_ddim,
@@ -111,6 +113,7 @@ __all__ = [
     "least_squares",
     "pinv_baseline",
     "postlog_fbp",
+    "sample_ads",
     "sample_daps",
     "sample_dds",
     "sample_ddim",

@@ -101,6 +101,36 @@ def data_gamma(sigma: float, weight: float, data_scale: float = 1.0) -> float:
     return 2 * weight * sigma**2 / (1 + (data_scale * sigma) ** 2)
 
 
+def refine(
+    op: LinearOperator,
+    ATy: Tensor,
+    x0_hat: Tensor,
+    sigma: float,
+    *,
+    noise_std: float,
+    gamma: float | None,
+    weight: float,
+    data_scale: float,
+    cg_steps: int,
+) -> tuple[Tensor, dict, float | None]:
+    r"""DDS's data step: ``cg_steps`` CG iterations from ``x0_hat`` on the normal equations
+    (``gamma is None`` and noiseless data) or on :math:`(I + \gamma A^H A) x = \hat x_0 + \gamma A^H y`.
+
+    Returns:
+        ``(x0, cg_info, gamma_t)``: the refined estimate, CG's info and the weight used (``None``
+        for the normal equations).
+    """
+    if gamma is None and noise_std == 0:
+        x0, cg_info = conjugate_gradient(op.normal, ATy, x0_hat, max_iter=int(cg_steps), check_finite=False)
+        return x0, cg_info, None
+    gamma_t = gamma if gamma is not None else data_gamma(sigma, weight, data_scale)
+    x0, cg_info = conjugate_gradient(
+        lambda v: v + gamma_t * op.normal(v), x0_hat + gamma_t * ATy, x0_hat, max_iter=int(cg_steps),
+        check_finite=False,
+    )
+    return x0, cg_info, gamma_t
+
+
 def sample_dds(
     denoiser: Denoiser,
     op: LinearOperator,
@@ -166,20 +196,8 @@ def sample_dds(
             x0_hat = denoiser(x, sigma)
             eps = (x - x0_hat) / sigma
             # 2. CG on the data term, from x0_hat (its finiteness is checked with the step's).
-            if gamma is None and noise_std == 0:
-                gamma_t = None
-                x0, cg_info = conjugate_gradient(
-                    op.normal, ATy, x0_hat, max_iter=int(cg_steps), check_finite=False
-                )
-            else:
-                gamma_t = gamma if gamma is not None else data_gamma(sigma, weight, k)
-                x0, cg_info = conjugate_gradient(
-                    lambda v, g=gamma_t: v + g * op.normal(v),
-                    x0_hat + gamma_t * ATy,
-                    x0_hat,
-                    max_iter=int(cg_steps),
-                    check_finite=False,
-                )
+            x0, cg_info, gamma_t = refine(op, ATy, x0_hat, sigma, noise_std=noise_std, gamma=gamma, weight=weight,
+                                          data_scale=k, cg_steps=cg_steps)
             cg_residual = cg_info["residual"]
             emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, x0=x0)
             # 3. DDIM step to sigma_next towards the refined estimate (the estimate itself on the

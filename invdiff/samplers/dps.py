@@ -95,6 +95,50 @@ def clip_range(clip: str | Sequence[float] | None, denoiser: Denoiser) -> tuple[
     return lo, hi
 
 
+def dps_step(
+    denoiser: Denoiser,
+    op: Operator,
+    y: Tensor,
+    x: Tensor,
+    sigma: float,
+    sigma_next: float,
+    *,
+    zeta: float,
+    eta: float,
+    data_scale: float,
+    clip: tuple[float, float] | None,
+    generator: torch.Generator | None,
+    group: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""One DPS step from ``sigma`` to ``sigma_next`` (module docstring).
+
+    Args:
+        group: consecutive samples that share one residual norm (the official code's norm over a
+            batch, e.g. the particles of one problem); 1 takes each sample's own norm.
+
+    Returns:
+        ``(x_next, x0_hat, residual_norm)``: the new state, the Tweedie estimate at ``sigma`` and
+        each sample's residual norm :math:`\|y - \mathcal A(\hat x_0)\|` (``(B,)``).
+    """
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        # 1. Tweedie estimate, keeping the graph back to x.
+        x0_hat = denoiser(x_in, sigma)
+        if clip is not None:
+            x0_hat = x0_hat.clamp(*clip)
+        # 2. Residual norm (per sample, or per group) and its gradient through the denoiser.
+        r = (y - op.A(x0_hat)).flatten(1)
+        residual_norm = torch.linalg.vector_norm(r, dim=1)
+        loss = residual_norm if group == 1 else torch.linalg.vector_norm(r.reshape(-1, group * r.shape[1]), dim=1)
+        (grad,) = torch.autograd.grad(loss.sum(), x_in)
+    # 3. Unconditional DDIM/ancestral step.
+    x_next = ddim_step(x, x0_hat.detach(), sigma, sigma_next, eta, generator=generator)
+    # 4. Guidance, in VE units of the official VP step on the network's data.
+    sn, sn_next = data_scale * sigma, data_scale * sigma_next
+    x_next = x_next - zeta / data_scale * math.sqrt((1 + sn**2) * (1 + sn_next**2)) * grad
+    return x_next, x0_hat.detach(), residual_norm.detach()
+
+
 def sample_dps(
     denoiser: Denoiser,
     op: Operator,
@@ -149,22 +193,11 @@ def sample_dps(
     x = initial_noise(sigma_list[0], shape, generator=generator, device=device, dtype=dtype)
     residual_norm = None
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list, sigma_list[1:])):
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            # 1. Tweedie estimate, keeping the graph back to x.
-            x0_hat = denoiser(x_in, sigma)
-            if clip is not None:
-                x0_hat = x0_hat.clamp(*clip)
-            # 2. Per-sample residual norm and its gradient through the denoiser.
-            residual_norm = torch.linalg.vector_norm((y - op.A(x0_hat)).flatten(1), dim=1)
-            (grad,) = torch.autograd.grad(residual_norm.sum(), x_in)
-        x0_hat, residual_norm = x0_hat.detach(), residual_norm.detach()
+        x_next, x0_hat, residual_norm = dps_step(
+            denoiser, op, y, x, sigma, sigma_next, zeta=zeta, eta=eta, data_scale=k, clip=clip, generator=generator
+        )
         emit(callback, i=i, sigma=sigma, x=x, x0_hat=x0_hat, residual_norm=residual_norm)
-        # 3. Unconditional DDIM/ancestral step.
-        x_next = ddim_step(x, x0_hat, sigma, sigma_next, eta, generator=generator)
-        # 4. Guidance, in VE units of the official VP step on the network's data.
-        sn, sn_next = k * sigma, k * sigma_next
-        x = x_next - zeta / k * math.sqrt((1 + sn**2) * (1 + sn_next**2)) * grad
+        x = x_next
         check_step_finite(x, NAME, i, sigma)
     info = {
         "nfe": len(sigma_list) - 1,

@@ -20,9 +20,9 @@ STEPS = {
     "deepinv_dps": 15, "deepinv_diffpir": 15, "twisted_ensemble": 15, "afdps": 15,
     "daps": 10, "pigdm": 15, "diffpir": 15,
     "ddrm": 15, "ddnm": 15,
-    "fps": 15, "mcgdiff": 15,
+    "fps": 15, "mcgdiff": 15, "ads": 15,
 }
-PARTICLES = {"smc_ensemble": 8, "tds": 8, "twisted_ensemble": 8, "afdps": 8, "fps": 8, "mcgdiff": 8}
+PARTICLES = {"smc_ensemble": 8, "tds": 8, "twisted_ensemble": 8, "afdps": 8, "fps": 8, "mcgdiff": 8, "ads": 8}
 """Samplers whose state holds ``num_particles`` particles per problem."""
 NFE_PER_STEP = {"diffusion_mbir_paper": 2, "daps": 5}
 """Samplers with more than one network evaluation per step (predictor and corrector)."""
