@@ -108,7 +108,7 @@ from invdiff import __version__
 from invdiff.fileio import atomic_save_npy, atomic_write, atomic_write_text, json_safe
 from invdiff.metrics import ssim
 from invdiff.priors.base import Denoiser
-from invdiff.problems.base import Problem
+from invdiff.problems.base import Problem, is_active
 from invdiff.run import PASSED_ARGUMENTS, Method, run_method
 from invdiff.samplers import BASELINES, SAMPLERS
 from invdiff.schedules import SCHEDULES
@@ -1004,7 +1004,8 @@ def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str,
     mine = problems[shard.index :: shard.count]
     new = 0
     for volume, indices, setting in mine:
-        todo = [m for m in methods if any((setting, m, volume.name, i) not in done for i in indices)]
+        todo = [m for m in methods if any((setting, m, volume.name, i) not in done for i in indices)
+                and (methods[m].acquires or not is_active(settings[setting]))]
         if not todo:
             continue
         if max_items is not None and new >= max_items:
@@ -1023,12 +1024,6 @@ def _run_shard(dataset: Dataset, methods: dict[str, Method], settings: dict[str,
         if problem.target is not None:
             for b, i in enumerate(indices):
                 _save_npy(target_path(out_dir, volume.name, i), problem.target[b, 0].numpy())
-        if problem.acquisition is not None:  # an active setting: only the methods that acquire run
-            passive = [m for m in todo if not methods[m].acquires]
-            if passive:
-                log.info("%s: setting %s acquires actively; %s do not and are not run", volume.name, setting,
-                         ", ".join(passive))
-            todo = [m for m in todo if methods[m].acquires]
         for method in todo:
             rows = _run_method(methods[method], problem, prior, volume, indices, setting, seed, out_dir,
                                device=device, precision=precision, compile_mode=compile_mode)
@@ -1067,7 +1062,7 @@ def _run_method(method: Method, problem: Problem, prior: Denoiser | None, volume
     rows = []
     for b, key in enumerate(keys):
         _save_npy(slice_path(out_dir, setting, method.name, volume.name, key["slice"]), images[b])
-        if "order" in info:
+        if "order" in info and info["order"].shape[1]:
             _save_acquisition(acquisition_path(out_dir, setting, method.name, volume.name, key["slice"]), info, b)
         row = {**key, "nfe": info["nfe"], "seconds": seconds}
         if problem.target is not None:

@@ -68,12 +68,24 @@ def build_methods(methods: Mapping[str, Mapping], run: Sequence[str] | None = No
     return {name: Method.from_config(name, methods[name]) for name in names}
 
 
+def select_settings(settings: Mapping[str, Mapping], run_settings: Sequence[str] | None) -> dict[str, Mapping]:
+    """The config's ``settings`` named in ``run_settings`` (default: all), in that order; unknown
+    names raise here, naming the config key."""
+    names = list(run_settings or settings)
+    unknown = [s for s in names if s not in settings]
+    if unknown:
+        raise ValueError(f"run_settings: {unknown} have no entry under settings (configured: {', '.join(settings)})")
+    return {name: settings[name] for name in names}
+
+
 def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, methods: Mapping,
-                     run: Sequence[str] | None, prior: Denoiser | None, seed: int, threads: int, device: str,
+                     run: Sequence[str] | None, run_settings: Sequence[str] | None, prior: Denoiser | None,
+                     seed: int, threads: int, device: str,
                      precision: str, compile_mode: str | bool, slice_batch: int, shard: int, num_shards: int,
                      max_items: int | None, slices: Sequence[int] | None, notes: Sequence[str] = (), resume: bool = True) -> str:
     torch.set_num_threads(int(threads))
     built = build_methods(methods, run)
+    settings = select_settings(settings, run_settings)
     if prior is None and any(m.is_sampler for m in built.values()):
         samplers = [m.name for m in built.values() if m.is_sampler]
         raise ValueError(f"benchmark {name}: {samplers} need a prior; choose one with prior=<name> "
@@ -102,7 +114,8 @@ def _batch_benchmark(dataset, *, name: str, out_dir: str, settings: Mapping, met
 
 
 def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, prior: Denoiser | None,
-                  run: Sequence[str] | None = None, coil_maps: str = "acs", scale: str = "estimate",
+                  run: Sequence[str] | None = None, run_settings: Sequence[str] | None = None,
+                  coil_maps: str = "acs", scale: str = "estimate",
                   noise_std: float | None = None, calib_rows: int = 24, kernel_width: int = 6, seed: int = 0,
                   threads: int = 1, device: str = "cpu", precision: str = "fp32", compile: str | bool = False,
                   slice_batch: int = 1, shard: int = 0, num_shards: int = 1, max_items: int | None = None, resume: bool = True) -> str:
@@ -126,13 +139,15 @@ def mri_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pr
         if oracle else [f"Coil maps from the ACS lines; intensity scale and noise level "
                         f"{'estimated' if noise_std is None else f'(noise std {noise_std} given)'} from the measured k-space."]
     return _batch_benchmark(dataset, name="mri", out_dir=out_dir, settings=settings, methods=methods, run=run,
+                            run_settings=run_settings,
                             prior=prior, seed=seed, threads=threads, device=device, precision=precision,
                             compile_mode=compile, slice_batch=slice_batch, shard=shard, num_shards=num_shards,
                             max_items=max_items, slices=data.get("slices"), notes=notes, resume=resume)
 
 
 def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, prior: Denoiser | None,
-                 run: Sequence[str] | None = None, seed: int = 0, threads: int = 1, device: str = "cpu",
+                 run: Sequence[str] | None = None, run_settings: Sequence[str] | None = None, seed: int = 0,
+                 threads: int = 1, device: str = "cpu",
                  precision: str = "fp32", compile: str | bool = False, slice_batch: int = 1, shard: int = 0,
                  num_shards: int = 1, max_items: int | None = None, resume: bool = True) -> str:
     """The CT batch benchmark (module docstring); returns the summary table.
@@ -145,9 +160,10 @@ def ct_benchmark(*, data: dict, out_dir: str, settings: dict, methods: dict, pri
         root = ct_volumes(data.get("data_root", "data"), 64)
     dataset = CTFolder(Path(root), data.get("pattern", "*.h5"))
     return _batch_benchmark(dataset, name="ct", out_dir=out_dir, settings=settings, methods=methods, run=run,
+                            run_settings=run_settings,
                             prior=prior, seed=seed, threads=threads, device=device, precision=precision,
                             compile_mode=compile, slice_batch=slice_batch, shard=shard, num_shards=num_shards,
                             max_items=max_items, slices=data.get("slices"), resume=resume)
 
 
-__all__ = ["MethodsFailed", "build_methods", "ct_benchmark", "failed_everywhere", "mri_benchmark"]
+__all__ = ["MethodsFailed", "build_methods", "ct_benchmark", "failed_everywhere", "mri_benchmark", "select_settings"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +35,12 @@ from operators import GaussianNoise, Operator, RealToComplex, line_budget, measu
 
 ACTIVE = "active"
 """The mask kind (MRI) of a problem whose measurements an active sampler chooses."""
+
+
+def is_active(setting: Mapping[str, Any]) -> bool:
+    """Whether a batch setting acquires actively (``mask_kind: active`` for MRI,
+    ``candidate_views`` for CT): only active samplers run under it."""
+    return setting.get("mask_kind") == ACTIVE or setting.get("candidate_views") is not None
 
 
 def line_acquisition(shape: tuple[int, int], acceleration: float, center_fraction: float | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from invdiff.benchmarks.volumes import build_methods
 from invdiff.data.datasets import mri_brain_fastmri
 from invdiff.priors.packaged import WEIGHTS, load_packaged
 from invdiff.problems.fastmri import MapsOptions
+from operators import line_budget, volume_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {"zero_filled": {"baseline": "zero_filled"}, "cg_sense": {"baseline": "cg", "params": {"max_iter": 20}},
@@ -125,3 +127,35 @@ def test_benchmark_mri_with_a_checkpoint_prior_works_like_the_default(generated,
     assert _metric_columns(tmp_path / "unet") == _metric_columns(tmp_path / "default")
     assert len(_metric_columns(tmp_path / "default")) == 2 * 2 * 2  # settings x methods x volumes
     assert "Coil maps from the ACS lines" in default.stdout
+
+
+ADS = {"sampler": "ads", "steps": 4, "schedule": "karras",
+       "params": {"num_particles": 2, "guidance": "dds", "cg_steps": 3, "eta": 1.0, "window": [0.0, 1.0]}}
+
+
+def test_active_setting_runs_the_active_methods_and_writes_each_slices_order(generated, tmp_path):
+    """Under an active setting only ADS runs, from the equispaced mask's centre band and budget; the
+    same ADS on a fixed setting reconstructs from that mask and writes no order."""
+    data = tmp_path / "data"
+    data.mkdir()
+    volume = sorted(generated["full"].glob("*.h5"))[0]
+    shutil.copy(volume, data / volume.name)
+    shutil.copy(sorted(generated["test"].glob("*.h5"))[0], data / "challenge_000.h5")
+    settings = {"4x": SETTINGS["4x"], "ads4x": {**SETTINGS["4x"], "mask_kind": "active"}}
+    out = tmp_path / "out"
+    result = run_batch(FastMRIFolder(data, MapsOptions("acs", cache_dir=out / "coil_maps")),
+                       build_methods({"dds": METHODS["dds"], "ads": ADS}), settings, out,
+                       prior=load_packaged("mri_brain_64"), slices=[0, 1])
+    ran = {(e["setting"], e["method"]) for e in result.summary["methods"]}
+    assert ran == {("4x", "dds"), ("4x", "ads"), ("ads4x", "ads")}
+    # the prospective file has no fully sampled k-space to choose lines from: an error row, named
+    failed = [f for f in result.summary["failed"] if f["setting"] == "ads4x"]
+    assert [f["volume"] for f in failed] == ["challenge_000.h5"]
+    assert "mask_kind 'active' chooses lines of a fully sampled file" in failed[0]["error"]
+    budget, centre = line_budget((64, 44), 4, 0.2, seed=volume_seed(volume.name))
+    record = json.loads((out / "acquisitions" / "ads4x" / "ads" / volume.stem / "0000.json").read_text())
+    first = (44 - centre + 1) // 2
+    assert len(record["order"]) == len(set(record["order"])) == budget and record["grid"] == [44]
+    assert record["order"][:centre] == list(range(first, first + centre)) and record["unit"] == "lines"
+    assert record["acquired_at"][:centre] == [-1] * centre and min(record["acquired_at"][centre:]) >= 0
+    assert not (out / "acquisitions" / "4x").exists()

@@ -95,3 +95,42 @@ def test_reconstruct_scores_a_simulated_task_and_leaves_a_measurement_without_re
     assert simulated.metrics["baseline"] == "cg" and simulated.metrics["shape"] == [1, 2, 16, 16]
     measured = reconstruct(_mri_problem(16, 16), prior, DDS, seed=0)
     assert measured.metrics["reconstruction"] is None and measured.metrics["baseline_metrics"] is None
+
+
+ADS_FAST = Method("ads", sampler="ads", steps=4, schedule="karras",
+                  params={"num_particles": 2, "guidance": "dds", "cg_steps": 3, "window": [0.0, 1.0]})
+
+
+def test_an_active_mri_task_measures_every_line_with_the_equispaced_budget():
+    from operators import line_budget
+
+    problem = mri(size=32, coils=2, mask_kind="active", image="phantom", seed=3)
+    assert problem.acquisition == {"budget": line_budget((32, 32), 4, seed=3)[0], "start": 3}
+    assert bool((problem.op.ops[0].mask == 1).all())
+    fixed = mri(size=32, coils=2, image="phantom", seed=3)
+    assert fixed.acquisition is None and problem.noise_std == fixed.noise_std
+
+
+def test_only_active_methods_run_on_an_active_problem_and_the_baseline_uses_their_lines():
+    problem = mri(size=32, coils=2, mask_kind="active", image="phantom", seed=3)
+    prior = load_packaged("mri_brain_64")
+    with pytest.raises(ValueError, match=r"dds: the problem acquires its measurements actively \(budget 8\); "
+                                         r"'dds' reconstructs from fixed ones; use an active sampler \(ads\)"):
+        run_method(Method("dds", sampler="dds", steps=3), problem, prior, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(problem, prior, ADS_FAST, seed=0)
+    acquisition = result.metrics["acquisition"]
+    assert acquisition["unit"] == "lines" and len(acquisition["order"][0]) == 8
+    fixed = problem.acquired(result.info["mask"], "lines")
+    assert fixed.acquisition is None and fixed.op.ops[0].mask[0, 0].tolist() == result.info["mask"][0].float().tolist()
+    baseline, _ = run_method(Method("cg", baseline="cg", params={"max_iter": 30}), fixed,
+                             generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.x_baseline, baseline)
+
+
+def test_an_active_ct_problem_chooses_among_candidate_views():
+    from invdiff.problems import ct
+
+    problem = ct(size=32, views=8, image="phantom", candidate_views=360)
+    assert problem.acquisition == {"budget": 8, "start": None} and problem.y.shape[-2] == 360
+    with pytest.raises(ValueError, match=r"candidate_views: expected an integer >= views \(8\), got 4"):
+        ct(size=32, views=8, image="phantom", candidate_views=4)
