@@ -500,9 +500,13 @@ def acquisition_path(out_dir: Path, setting: str, method: str, volume: str, inde
 def _save_acquisition(path: Path, info: dict, b: int) -> None:
     """The ``b``-th slice's acquisition as JSON: ``order`` (unit indices, the start first),
     ``acquired_at`` (the step of each, -1 for the start), ``unit`` and ``grid`` (the units'
-    layout, so that ``order`` draws the mask)."""
-    record = {"order": info["order"][b].tolist(), "acquired_at": info["acquired_at"][b].tolist(),
-              "unit": info["unit"], "grid": list(info["mask"].shape[1:])}
+    layout, so that ``order`` draws the mask). An active method on a fixed measurement (nothing
+    acquired) writes the measurement's units, all held from the start."""
+    order, steps = info["order"][b].tolist(), info["acquired_at"][b].tolist()
+    if not order:
+        order = torch.nonzero(info["mask"][b].flatten()).flatten().tolist()
+        steps = [-1] * len(order)
+    record = {"order": order, "acquired_at": steps, "unit": info["unit"], "grid": list(info["mask"].shape[1:])}
     atomic_write_text(path, json.dumps(record) + "\n", mkdir=True)
 
 
@@ -1062,7 +1066,7 @@ def _run_method(method: Method, problem: Problem, prior: Denoiser | None, volume
     rows = []
     for b, key in enumerate(keys):
         _save_npy(slice_path(out_dir, setting, method.name, volume.name, key["slice"]), images[b])
-        if "order" in info and info["order"].shape[1]:
+        if "order" in info:
             _save_acquisition(acquisition_path(out_dir, setting, method.name, volume.name, key["slice"]), info, b)
         row = {**key, "nfe": info["nfe"], "seconds": seconds}
         if problem.target is not None:

@@ -8,7 +8,10 @@
   horizontal lines);
 * ``seconds.png``: seconds per slice per method and setting (log scale);
 * ``examples.png``: one slice (the middle slice of the first volume) per setting and method,
-  beside the reference, with its PSNR.
+  beside the reference, with its PSNR;
+* ``acquisitions.png`` (runs with an active method, e.g. ``sampler: ads`` under ``ads4x``): per
+  setting and active method the mean acquired mask over the slices and every slice's acquisition
+  order (read from ``acquisitions/<setting>/<method>/<volume>/<slice>.json``).
 
 ``python scripts/report.py <run folder> --beside <other run folder>`` also prints the two runs'
 PSNR and SSIM side by side per setting and method (:func:`side_by_side`), e.g. a run without
@@ -155,6 +158,83 @@ def plot_examples(run_dir: Path, summary: dict) -> bytes | None:
     return data
 
 
+def read_acquisitions(run_dir: Path) -> dict[tuple[str, str], dict]:
+    """The active methods' acquisitions per ``(setting, method)``: ``grid``, ``unit`` and per slice
+    (``"volume/slice"``) the ``order`` of the units (the start first) and the step of each."""
+    found: dict[tuple[str, str], dict] = {}
+    for path in sorted(Path(run_dir).glob("acquisitions/*/*/*/*.json")):
+        setting, method, volume = path.parts[-4], path.parts[-3], path.parts[-2]
+        record = json.loads(path.read_text())
+        entry = found.setdefault((setting, method), {"grid": record["grid"], "unit": record["unit"], "slices": {}})
+        entry["slices"][f"{volume}/{path.stem}"] = record
+    return found
+
+
+def acquired_masks(entry: dict) -> np.ndarray:
+    """``(slices, units)``: each slice's acquisition rank of every unit (0 for the start set, then
+    1, 2, ... in the order chosen; ``nan`` where not acquired)."""
+    units = int(np.prod(entry["grid"]))
+    ranks = np.full((len(entry["slices"]), units), np.nan)
+    for row, record in enumerate(entry["slices"].values()):
+        steps = np.asarray(record["acquired_at"])
+        start = int((steps < 0).sum())
+        ranks[row, record["order"]] = np.concatenate([np.zeros(start), np.arange(1, len(steps) - start + 1)])
+    return ranks
+
+
+SHADES = " ░▒▓█"
+"""Text shades of a mean mask, from never acquired to acquired on every slice."""
+
+
+def mask_strips(run_dir: Path) -> str:
+    """The mean acquired masks of 1-D units (lines, views) as text, a row per ``(setting, method)``:
+    one character per unit, from blank (never acquired) to a full block (on every slice)."""
+    rows = []
+    for (setting, method), entry in read_acquisitions(run_dir).items():
+        if len(entry["grid"]) != 1:
+            continue
+        mean = (~np.isnan(acquired_masks(entry))).mean(0)
+        shades = "".join(SHADES[int(round(v * (len(SHADES) - 1)))] for v in mean)
+        rows.append(f"{setting:>10} {method:<14} |{shades}|")
+    return "\n".join(rows)
+
+
+def plot_acquisitions(run_dir: Path) -> bytes | None:
+    """Per ``(setting, method)`` of an active method: the mean acquired mask over the slices (for
+    lines and views, the fraction of slices that acquired each unit, drawn as a line mask) above
+    every slice's acquisition order (a fixed setting's mask, all held from the start, beside the
+    active ones); ``None`` when the run holds no acquisition."""
+    found = read_acquisitions(run_dir)
+    if not found:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(found), figsize=(3.2 * len(found), 5.0), squeeze=False)
+    for c, ((setting, method), entry) in enumerate(found.items()):
+        ranks = acquired_masks(entry)
+        mean = (~np.isnan(ranks)).mean(0)
+        grid = entry["grid"]
+        top, bottom = axes[0][c], axes[1][c]
+        picture = np.tile(mean, (max(grid[0] // 2, 8), 1)) if len(grid) == 1 else mean.reshape(grid)
+        top.imshow(picture, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        top.set_title(f"{setting} / {method}\nmean {entry['unit']} mask, {len(ranks)} slices", fontsize=8)
+        top.set_yticks([])
+        image = bottom.imshow(ranks, cmap="viridis", aspect="auto", interpolation="nearest")
+        bottom.set_xlabel(f"{entry['unit']} (index)", fontsize=8)
+        bottom.set_ylabel("slice", fontsize=8)
+        bottom.set_yticks(range(len(ranks)))
+        bottom.set_yticklabels(list(entry["slices"]), fontsize=5)
+        bottom.set_title("acquisition order (0: start)", fontsize=8)
+        fig.colorbar(image, ax=bottom, fraction=0.05)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def write_report(run_dir: Path) -> str:
     """Write ``report.md`` and the figures into ``run_dir``; return the markdown."""
     run_dir = Path(run_dir)
@@ -163,11 +243,15 @@ def write_report(run_dir: Path) -> str:
         raise ValueError(f"run folder: {run_dir} holds no finished slices yet")
     text = markdown_summary(summary)
     figures = {"psnr_vs_nfe.png": plot_psnr_vs_nfe(summary), "seconds.png": plot_seconds(summary),
-               "examples.png": plot_examples(run_dir, summary)}
+               "examples.png": plot_examples(run_dir, summary), "acquisitions.png": plot_acquisitions(run_dir)}
     for name, data in figures.items():
         if data is not None:
             atomic_write(run_dir / name, lambda tmp, data=data: tmp.write_bytes(data))
     links = " ".join(f"![{name}]({name})" for name, data in figures.items() if data is not None)
+    strips = mask_strips(run_dir)
+    if strips:
+        text += "\n\nMean acquired masks (one character per unit, blank: never, full block: every slice):\n\n```\n" \
+            + strips + "\n```"
     atomic_write_text(run_dir / "report.md", text + "\n\n" + links + "\n")
     return text
 

@@ -16,6 +16,7 @@ import pytest
 
 from invdiff.batch import run_batch
 from invdiff.batch.folders import FastMRIFolder
+from invdiff.batch.report import mask_strips, write_report
 from invdiff.benchmarks.volumes import build_methods
 from invdiff.data.datasets import mri_brain_fastmri
 from invdiff.priors.packaged import WEIGHTS, load_packaged
@@ -135,7 +136,7 @@ ADS = {"sampler": "ads", "steps": 4, "schedule": "karras",
 
 def test_active_setting_runs_the_active_methods_and_writes_each_slices_order(generated, tmp_path):
     """Under an active setting only ADS runs, from the equispaced mask's centre band and budget; the
-    same ADS on a fixed setting reconstructs from that mask and writes no order."""
+    same ADS on a fixed setting reconstructs from that mask and writes it, all held from the start."""
     data = tmp_path / "data"
     data.mkdir()
     volume = sorted(generated["full"].glob("*.h5"))[0]
@@ -158,4 +159,11 @@ def test_active_setting_runs_the_active_methods_and_writes_each_slices_order(gen
     assert len(record["order"]) == len(set(record["order"])) == budget and record["grid"] == [44]
     assert record["order"][:centre] == list(range(first, first + centre)) and record["unit"] == "lines"
     assert record["acquired_at"][:centre] == [-1] * centre and min(record["acquired_at"][centre:]) >= 0
-    assert not (out / "acquisitions" / "4x").exists()
+    fixed = json.loads((out / "acquisitions" / "4x" / "ads" / volume.stem / "0000.json").read_text())
+    assert set(record["order"][:centre]) <= set(fixed["order"]) and fixed["acquired_at"] == [-1] * len(fixed["order"])
+    # the report draws the mean acquired masks: a figure and a text strip per setting
+    write_report(out)
+    assert (out / "acquisitions.png").stat().st_size > 0
+    strips = {line.split("|")[0].split()[0]: line.split("|")[1] for line in mask_strips(out).splitlines()}
+    assert all(strips["4x"][u] != " " for u in fixed["order"])  # the prospective file's own mask beside it
+    assert [i for i, c in enumerate(strips["ads4x"]) if c != " "] == sorted(record["order"])
