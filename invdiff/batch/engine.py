@@ -21,6 +21,13 @@ and their mean and standard deviation over the volumes. Reconstructions go to fa
 submission layout: ``reconstructions/<setting>/<method>/<volume>.h5``, one float32 dataset
 ``reconstruction`` ``(slices, h, w)`` per volume, assembled once all its slices are done.
 
+**Active settings.** A setting whose problems leave the choice of measurements to the method
+(:func:`invdiff.problems.base.is_active`: ``mask_kind: active`` for MRI, ``candidate_views`` for
+CT) runs only the active methods (:attr:`invdiff.run.Method.acquires`); the others have no row
+there. An active method writes each slice's acquisition (the order of the units read, the step
+of each, the unit grid) to ``acquisitions/<setting>/<method>/<volume>/<slice>.json``, and on a
+fixed setting the mask it ran on.
+
 **Resume.** A slice's reconstruction is written (atomically) before its row, and a row is one
 ``write`` of a whole line followed by ``fsync``. A restarted run on the same folder reads every
 shard's rows, drops a torn last line, and skips the ``(setting, method, volume, slice)`` keys it

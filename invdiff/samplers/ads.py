@@ -310,8 +310,8 @@ def sample_ads(
                              f"{getattr(values, 'shape', type(values).__name__)}")
         return units.element_mask(new).to(dtype=y.real.dtype) * values.to(y.dtype)
 
-    y_acq = measured(acquired)
     held = first if budget is not None else []
+    y_acq = measured(acquired) if held or budget is None else torch.zeros_like(y)
     order = [torch.tensor(held, dtype=torch.long, device=device).expand(B, len(held))]
     acquired_at = [torch.full((B, len(held)), -1, dtype=torch.long, device=device)]
     full = units.operator(candidates, repeat=N)
