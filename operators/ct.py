@@ -427,6 +427,11 @@ class ParallelBeamCT(_RayTransform):
         self.angle_chunk = angle_chunk
         self._plan()
 
+    def with_angles(self, angles: Tensor) -> ParallelBeamCT:
+        """The same geometry over other projection ``angles`` (radians)."""
+        return ParallelBeamCT(self.img_shape, angles, self.n_detectors, self.detector_spacing,
+                              angle_chunk=self.angle_chunk)
+
     def _plan(self) -> None:
         """The host side of both passes and of the adjoint, from the angles on the CPU.
 
@@ -637,6 +642,11 @@ class FanBeamCT(_RayTransform):
         _, _, dir_x, dir_y = self._rays(self.angles.detach().cpu())
         self._rows = dir_y.abs() >= dir_x.abs()
         self._views_with = (self._rows.any(1).tolist(), (~self._rows).any(1).tolist())
+
+    def with_angles(self, angles: Tensor) -> FanBeamCT:
+        """The same geometry over other projection ``angles`` (radians)."""
+        return FanBeamCT(self.img_shape, angles, self.source_distance, self.detector_distance, self.n_detectors,
+                         self.detector_spacing, angle_chunk=self.angle_chunk)
 
     @property
     def detector_positions(self) -> Tensor:

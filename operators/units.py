@@ -110,6 +110,16 @@ class MeasurementUnits:
             restricted = Multiply(self.element_mask(rows)) @ outer
         return LinearComposition(restricted, *self._inner) if self._inner else restricted
 
+    def subset(self, acquired: Tensor, y: Tensor) -> tuple[LinearOperator, Tensor] | None:
+        """The operator and measurement of the ``acquired`` views alone (a projector over those
+        angles and the sinogram's rows), when the units are CT views of a bare projector and every
+        problem acquired the same ones; ``None`` otherwise (use :meth:`operator`)."""
+        if self.kind != "views" or self._inner or not bool((acquired == acquired[:1]).all()):
+            return None
+        index = torch.nonzero(acquired[0]).flatten()
+        return self._outer.with_angles(self._outer.angles[index.to(self._outer.angles.device)]), \
+            y[:, :, index.to(y.device)]
+
     def __repr__(self) -> str:
         return f"MeasurementUnits({self.kind}, grid={self.grid}, candidates={int(self.candidates[0].sum())})"
 

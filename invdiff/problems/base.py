@@ -112,9 +112,13 @@ class Problem:
 
     def acquired(self, mask: Tensor, unit: str = "auto") -> Problem:
         """The fixed problem of the units an active sampler acquired: ``mask`` ``(B, *grid)`` bool
-        (its ``info["mask"]``); the operator restricted to them, the measurement zero elsewhere."""
+        (its ``info["mask"]``); the operator restricted to them, the measurement zero elsewhere
+        (for CT views shared by the batch, the projector over the acquired angles)."""
         units = measurement_units(self.op, unit, shape=tuple(self.y.shape))
         acquired = mask.reshape(mask.shape[0], -1).to(torch.bool)
+        subset = units.subset(acquired, self.y)  # CT views: a projector over the acquired angles (FBP)
+        if subset is not None:
+            return replace(self, op=subset[0], y=subset[1], acquisition=None)
         y = units.element_mask(acquired).to(self.y.device, self.y.real.dtype) * self.y
         return replace(self, op=units.operator(acquired), y=y, acquisition=None)
 

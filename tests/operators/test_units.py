@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from operators import (
+    FanBeamCT,
     Inpainting,
     Matrix,
     MultiCoilMRI,
@@ -110,3 +111,19 @@ def test_line_budget_is_the_equispaced_masks():
         lines, band = line_budget((64, 64), acceleration, seed=(1, 2, 3))
         mask = fastmri_mask((64, 64), acceleration, kind="equispaced", seed=(1, 2, 3))
         assert lines == int((mask[0] > 0).sum()) and band == centre == center_lines(64, acceleration)
+
+
+@pytest.mark.parametrize("projector", [ParallelBeamCT((8, 8), 12), FanBeamCT((8, 8), 12)])
+def test_views_shared_by_the_batch_give_a_projector_over_those_angles(projector):
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=_gen(0))
+    y = projector.A(x)
+    units = measurement_units(projector)
+    acquired = torch.zeros(2, 12, dtype=torch.bool)
+    acquired[:, [1, 5, 6]] = True
+    op, y_views = units.subset(acquired, y)
+    assert type(op) is type(projector) and op.angles.tolist() == projector.angles[[1, 5, 6]].tolist()
+    torch.testing.assert_close(op.A(x), y[:, :, [1, 5, 6]])
+    torch.testing.assert_close(y_views, y[:, :, [1, 5, 6]])
+    acquired[1, 1] = False
+    assert units.subset(acquired, y) is None  # the problems acquired different views
+    assert measurement_units(CASES["multicoil"][0]).subset(torch.ones(1, 8, dtype=torch.bool), y) is None

@@ -132,5 +132,10 @@ def test_an_active_ct_problem_chooses_among_candidate_views():
 
     problem = ct(size=32, views=8, image="phantom", candidate_views=360)
     assert problem.acquisition == {"budget": 8, "start": None} and problem.y.shape[-2] == 360
+    mask = torch.zeros(1, 360, dtype=torch.bool)
+    mask[0, ::45] = True
+    fixed = problem.acquired(mask, "views")  # the projector over the 8 views, for FBP
+    assert fixed.op.angles.numel() == 8 and fixed.y.shape[-2] == 8
+    torch.testing.assert_close(fixed.y, problem.y[:, :, ::45])
     with pytest.raises(ValueError, match=r"candidate_views: expected an integer >= views \(8\), got 4"):
         ct(size=32, views=8, image="phantom", candidate_views=4)
