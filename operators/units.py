@@ -42,6 +42,15 @@ def _outer(op: LinearOperator) -> tuple[LinearOperator, list[LinearOperator]]:
     return op, []
 
 
+def _per_unit(index: Tensor, num_units: int, values: Tensor) -> Tensor:
+    """``values`` ``(B, ...)`` summed over the elements of each unit of ``index`` (broadcast to
+    them): ``(B, num_units)``."""
+    B = values.shape[0]
+    flat = index.to(values.device).expand(values.shape).reshape(B, -1)
+    out = torch.zeros(B, num_units, device=values.device, dtype=values.dtype)
+    return out.scatter_add_(1, flat, values.reshape(B, -1))
+
+
 def _repeat(t: Tensor, repeat: int) -> Tensor:
     """A per-problem buffer ``(B, ...)`` repeated for ``repeat`` rows per problem; shared ``(1, ...)`` kept."""
     return t if t.shape[0] == 1 or repeat == 1 else t.repeat_interleave(repeat, dim=0)
@@ -67,10 +76,7 @@ class MeasurementUnits:
 
     def per_unit(self, values: Tensor) -> Tensor:
         """``values`` ``(B, *measurement shape)`` (real) summed over each unit: ``(B, num_units)``."""
-        B = values.shape[0]
-        index = self.index.to(values.device).expand(values.shape).reshape(B, -1)
-        out = torch.zeros(B, self.num_units, device=values.device, dtype=values.dtype)
-        return out.scatter_add_(1, index, values.reshape(B, -1))
+        return _per_unit(self.index, self.num_units, values)
 
     def element_mask(self, acquired: Tensor) -> Tensor:
         """The ``(B, *measurement shape)`` 0/1 mask of the elements of the ``acquired`` units
@@ -180,10 +186,8 @@ def measurement_units(
     rows = torch.arange(H, device=mask.device) // size
     cols = torch.arange(W, device=mask.device) // size
     index = (rows[:, None] * grid[1] + cols[None, :])[None, None]
-    observed = (mask != 0).any(dim=1).reshape(mask.shape[0], -1).float()
-    units = MeasurementUnits(op, unit, grid, index, torch.zeros(1, 1))
-    units.candidates = units.per_unit(observed[:, None].reshape(mask.shape[0], 1, H, W)) > 0
-    return units
+    observed = (mask != 0).any(dim=1, keepdim=True).float()  # (B or 1, 1, H, W)
+    return MeasurementUnits(op, unit, grid, index, _per_unit(index, math.prod(grid), observed) > 0)
 
 
 __all__ = ["UNIT_KINDS", "MeasurementUnits", "measurement_units"]

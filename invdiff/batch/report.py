@@ -186,11 +186,12 @@ SHADES = " ░▒▓█"
 """Text shades of a mean mask, from never acquired to acquired on every slice."""
 
 
-def mask_strips(run_dir: Path) -> str:
-    """The mean acquired masks of 1-D units (lines, views) as text, a row per ``(setting, method)``:
-    one character per unit, from blank (never acquired) to a full block (on every slice)."""
+def mask_strips(found: dict[tuple[str, str], dict]) -> str:
+    """The mean acquired masks of 1-D units (lines, views) of :func:`read_acquisitions`'s ``found``
+    as text, a row per ``(setting, method)``: one character per unit, from blank (never acquired)
+    to a full block (on every slice)."""
     rows = []
-    for (setting, method), entry in read_acquisitions(run_dir).items():
+    for (setting, method), entry in found.items():
         if len(entry["grid"]) != 1:
             continue
         mean = (~np.isnan(acquired_masks(entry))).mean(0)
@@ -199,12 +200,11 @@ def mask_strips(run_dir: Path) -> str:
     return "\n".join(rows)
 
 
-def plot_acquisitions(run_dir: Path) -> bytes | None:
+def plot_acquisitions(found: dict[tuple[str, str], dict]) -> bytes | None:
     """Per ``(setting, method)`` of an active method: the mean acquired mask over the slices (for
     lines and views, the fraction of slices that acquired each unit, drawn as a line mask) above
     every slice's acquisition order (a fixed setting's mask, all held from the start, beside the
-    active ones); ``None`` when the run holds no acquisition."""
-    found = read_acquisitions(run_dir)
+    active ones), from :func:`read_acquisitions`'s ``found``; ``None`` when it is empty."""
     if not found:
         return None
     import matplotlib
@@ -242,13 +242,14 @@ def write_report(run_dir: Path) -> str:
     if not summary["methods"]:
         raise ValueError(f"run folder: {run_dir} holds no finished slices yet")
     text = markdown_summary(summary)
+    acquisitions = read_acquisitions(run_dir)
     figures = {"psnr_vs_nfe.png": plot_psnr_vs_nfe(summary), "seconds.png": plot_seconds(summary),
-               "examples.png": plot_examples(run_dir, summary), "acquisitions.png": plot_acquisitions(run_dir)}
+               "examples.png": plot_examples(run_dir, summary), "acquisitions.png": plot_acquisitions(acquisitions)}
     for name, data in figures.items():
         if data is not None:
             atomic_write(run_dir / name, lambda tmp, data=data: tmp.write_bytes(data))
     links = " ".join(f"![{name}]({name})" for name, data in figures.items() if data is not None)
-    strips = mask_strips(run_dir)
+    strips = mask_strips(acquisitions)
     if strips:
         text += "\n\nMean acquired masks (one character per unit, blank: never, full block: every slice):\n\n```\n" \
             + strips + "\n```"

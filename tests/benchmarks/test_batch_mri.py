@@ -16,7 +16,7 @@ import pytest
 
 from invdiff.batch import run_batch
 from invdiff.batch.folders import FastMRIFolder
-from invdiff.batch.report import mask_strips, write_report
+from invdiff.batch.report import mask_strips, read_acquisitions, write_report
 from invdiff.benchmarks.volumes import build_methods
 from invdiff.data.datasets import mri_brain_fastmri
 from invdiff.priors.packaged import WEIGHTS, load_packaged
@@ -164,6 +164,6 @@ def test_active_setting_runs_the_active_methods_and_writes_each_slices_order(gen
     # the report draws the mean acquired masks: a figure and a text strip per setting
     write_report(out)
     assert (out / "acquisitions.png").stat().st_size > 0
-    strips = {line.split("|")[0].split()[0]: line.split("|")[1] for line in mask_strips(out).splitlines()}
+    strips = {line.split("|")[0].split()[0]: line.split("|")[1] for line in mask_strips(read_acquisitions(out)).splitlines()}
     assert all(strips["4x"][u] != " " for u in fixed["order"])  # the prospective file's own mask beside it
     assert [i for i, c in enumerate(strips["ads4x"]) if c != " "] == sorted(record["order"])
